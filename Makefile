@@ -1,0 +1,31 @@
+# Every target sets up what it needs: a virtualenv in .venv with callgate
+# installed in editable mode and the development tools.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/callgate serve --seed-demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine agi api tests bench
+	$(BIN)/ruff format --check engine agi api tests bench
+	$(BIN)/mypy engine
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/callpath.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
