@@ -67,14 +67,17 @@ async def ensure_admin(connection: asyncpg.Connection, currency: str) -> int:
         )
     else:
         await connection.execute(
-            "INSERT INTO names (name, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO names (name, account_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING",
             ADMIN_LOGIN,
             admin_id,
         )
     return int(admin_id)
 
 
-async def claim_name(connection: asyncpg.Connection, name: str, account_id: int) -> bool:
+async def claim_name(
+    connection: asyncpg.Connection, name: str, account_id: int
+) -> bool:
     """Reserve a login or SIP name in the shared namespace; False if taken."""
     claimed = await connection.fetchval(
         """
@@ -88,7 +91,9 @@ async def claim_name(connection: asyncpg.Connection, name: str, account_id: int)
 
 
 async def name_taken(connection: asyncpg.Connection, name: str) -> bool:
-    return bool(await connection.fetchval("SELECT true FROM names WHERE name = $1", name))
+    return bool(
+        await connection.fetchval("SELECT true FROM names WHERE name = $1", name)
+    )
 
 
 async def _generate_login(connection: asyncpg.Connection) -> str:
@@ -211,11 +216,15 @@ async def create_account(
         )
         sip_name = login
     else:
-        await create_retail_plan(connection, account_id, login, plan_id, markup, tenant_id)
+        await create_retail_plan(
+            connection, account_id, login, plan_id, markup, tenant_id
+        )
         sip_password = None
 
     log.info("account created id=%s kind=%s parent=%s", account_id, kind, parent["id"])
-    return NewAccount(account_id, login, kind, plan_id, password, sip_name, sip_password)
+    return NewAccount(
+        account_id, login, kind, plan_id, password, sip_name, sip_password
+    )
 
 
 async def create_retail_plan(
@@ -311,8 +320,12 @@ async def show_account(connection: asyncpg.Connection, login: str) -> dict[str, 
         "available": str(account["balance"] + credit - account["reserved"]),
         "max_concurrent": account["max_concurrent"],
         "live_sessions": [
-            {"uniqueid": row["uniqueid"], "reserved": str(row["amount"]),
-             "number": row["number"], "since": row["created_at"].isoformat()}
+            {
+                "uniqueid": row["uniqueid"],
+                "reserved": str(row["amount"]),
+                "number": row["number"],
+                "since": row["created_at"].isoformat(),
+            }
             for row in live
         ],
     }

@@ -381,12 +381,16 @@ class CallService:
         sip = call.sip
         chain_ids = [sip["account_id"], *sip["ancestors"]]
         rows = {row["id"]: row for row in await connection.fetch(LOCK_CHAIN, chain_ids)}
-        call.chain = [self._chain_account(rows[id_], depth) for depth, id_ in enumerate(chain_ids)]
+        call.chain = [
+            self._chain_account(rows[id_], depth) for depth, id_ in enumerate(chain_ids)
+        ]
         client = call.chain[0]
         for account in call.chain:
             if account.status != "active":
                 raise Rejected(
-                    Reason.ACCOUNT_INACTIVE if account.depth == 0 else Reason.RESELLER_INACTIVE
+                    Reason.ACCOUNT_INACTIVE
+                    if account.depth == 0
+                    else Reason.RESELLER_INACTIVE
                 )
 
         try:
@@ -408,7 +412,9 @@ class CallService:
             )
             if account.affordable is None:
                 raise Rejected(
-                    Reason.NO_CREDIT if account.depth == 0 else Reason.RESELLER_NO_CREDIT
+                    Reason.NO_CREDIT
+                    if account.depth == 0
+                    else Reason.RESELLER_NO_CREDIT
                 )
         max_seconds = min(account.affordable or 0 for account in call.chain)
 
@@ -425,14 +431,18 @@ class CallService:
             account.reservation = rating.grid_cost(funded, account.rate, account.tariff)
 
         callerid = sip["active_callerid"]
-        await self._store_session(connection, call, max_seconds, interval, routes, callerid)
+        await self._store_session(
+            connection, call, max_seconds, interval, routes, callerid
+        )
         return Authorization(
             "OK",
             "ok",
             None,
             max_seconds,
             self.settings.ring_timeout,
-            tuple(route.dialstring.replace("{number}", call.number) for route in routes),
+            tuple(
+                route.dialstring.replace("{number}", call.number) for route in routes
+            ),
             callerid,
             "interval" if interval else "full",
         )
@@ -440,7 +450,9 @@ class CallService:
     @staticmethod
     def _chain_account(row: asyncpg.Record, depth: int) -> ChainAccount:
         credit = row["credit_limit"] if row["billing"] == "postpaid" else Decimal(0)
-        tariff = Tariff(row["free_seconds"] or 0, row["decimals"] or 6, row["rounding"] or "half-up")
+        tariff = Tariff(
+            row["free_seconds"] or 0, row["decimals"] or 6, row["rounding"] or "half-up"
+        )
         return ChainAccount(
             id=row["id"],
             depth=depth,
@@ -466,7 +478,8 @@ class CallService:
                 plan_ids.append(account.plan_id)
                 prefixes.append(prefix)
         found = {
-            row["plan_id"]: row for row in await connection.fetch(FIND_RATES, plan_ids, prefixes)
+            row["plan_id"]: row
+            for row in await connection.fetch(FIND_RATES, plan_ids, prefixes)
         }
         for account in call.chain:
             row = found.get(account.plan_id)
@@ -494,7 +507,13 @@ class CallService:
                 continue
             seen.add(row["id"])
             routes.append(
-                Route(row["id"], row["name"], row["dialstring"], row["prefix"], row["priority"])
+                Route(
+                    row["id"],
+                    row["name"],
+                    row["dialstring"],
+                    row["prefix"],
+                    row["priority"],
+                )
             )
         order = plan["route_order"] or "priority"
         if order == "cheapest" and routes:
@@ -519,8 +538,14 @@ class CallService:
             for row in await connection.fetch(FIND_RATES, plan_ids, prefixes)
         }
         priced = [
-            Route(r.trunk_id, r.name, r.dialstring, r.prefix, r.priority,
-                  found.get(cost_plans.get(r.trunk_id) or -1))
+            Route(
+                r.trunk_id,
+                r.name,
+                r.dialstring,
+                r.prefix,
+                r.priority,
+                found.get(cost_plans.get(r.trunk_id) or -1),
+            )
             for r in routes
         ]
         # A trunk without a buy price for the number goes last.
@@ -540,7 +565,11 @@ class CallService:
     ) -> None:
         client = call.chain[0]
         assert client.rate is not None
-        funded = min(rating.minimum_block(client.rate), max_seconds) if interval else max_seconds
+        funded = (
+            min(rating.minimum_block(client.rate), max_seconds)
+            if interval
+            else max_seconds
+        )
         inserted = await connection.fetchval(
             INSERT_SESSION,
             call.request.uniqueid,
@@ -562,7 +591,9 @@ class CallService:
         if not inserted:
             raise Rejected(Reason.DUPLICATE_CALL, call.request.uniqueid)
         chain = call.chain
-        await connection.execute(RESERVE, [a.id for a in chain], [a.reservation for a in chain])
+        await connection.execute(
+            RESERVE, [a.id for a in chain], [a.reservation for a in chain]
+        )
         await connection.execute(
             INSERT_RESERVATIONS,
             call.request.uniqueid,
@@ -632,10 +663,14 @@ class CallService:
     async def settle(self, request: SettleRequest) -> SettleResult:
         """Charge a finished call once; a repeated settle changes nothing."""
         async with self.db.timed("settle"), self.db.transaction() as connection:
-            session = await connection.fetchrow(CLOSE_SESSION, request.uniqueid, request.source)
+            session = await connection.fetchrow(
+                CLOSE_SESSION, request.uniqueid, request.source
+            )
             if session is None:
                 return await self._settle_unknown(connection, request)
-            reservations = await connection.fetch(SESSION_RESERVATIONS, request.uniqueid)
+            reservations = await connection.fetch(
+                SESSION_RESERVATIONS, request.uniqueid
+            )
             account_ids = [row["account_id"] for row in reservations]
             await connection.execute(LOCK_ACCOUNTS, account_ids)
             await connection.execute(
@@ -644,10 +679,14 @@ class CallService:
             await connection.execute(
                 "DELETE FROM reservations WHERE uniqueid = $1", request.uniqueid
             )
-            answered = request.dialstatus == "ANSWER" and request.answered_seconds is not None
+            answered = (
+                request.dialstatus == "ANSWER" and request.answered_seconds is not None
+            )
             if answered:
                 return await self._charge(connection, session, reservations, request)
-            reason = request.reason or DIAL_REASONS.get(request.dialstatus or "", "not_dialed")
+            reason = request.reason or DIAL_REASONS.get(
+                request.dialstatus or "", "not_dialed"
+            )
             await self._write_failed(connection, session, request, reason)
             return SettleResult("failed")
 
@@ -710,17 +749,29 @@ class CallService:
         costs: list[Decimal] = []
         billed: list[int] = []
         for row in reservations:
-            rate = Rate(row["prefix"], "", row["rate"], row["initblock"],
-                        row["billingblock"], row["connect_fee"])
+            rate = Rate(
+                row["prefix"],
+                "",
+                row["rate"],
+                row["initblock"],
+                row["billingblock"],
+                row["connect_fee"],
+            )
             tariff = Tariff(row["free_seconds"], row["decimals"], row["rounding"])
             billed.append(rating.billed_seconds(answered, rate, tariff.free_seconds))
             costs.append(rating.call_cost(answered, rate, tariff))
         for row, cost in zip(reservations, costs, strict=True):
             if cost != 0:
                 await change_balance(
-                    connection, row["account_id"], -cost, "call", reference=session["uniqueid"]
+                    connection,
+                    row["account_id"],
+                    -cost,
+                    "call",
+                    reference=session["uniqueid"],
                 )
-        trunk_id, trunk_name = await self._trunk_used(connection, session, request.route_index)
+        trunk_id, trunk_name = await self._trunk_used(
+            connection, session, request.route_index
+        )
         client_index = next(
             (i for i, row in enumerate(reservations) if row["depth"] == 0), None
         )
@@ -770,7 +821,9 @@ class CallService:
         if index is None or not 1 <= index <= len(trunk_ids):
             return None, None
         trunk_id = trunk_ids[index - 1]
-        name = await connection.fetchval("SELECT name FROM trunks WHERE id = $1", trunk_id)
+        name = await connection.fetchval(
+            "SELECT name FROM trunks WHERE id = $1", trunk_id
+        )
         return trunk_id, name
 
     async def _write_failed(
@@ -810,7 +863,10 @@ class CallService:
         """
         margin = self.settings.ring_timeout + self.settings.expiry_margin
         async with self.db.pool.acquire() as connection:
-            expired = [row["uniqueid"] for row in await connection.fetch(EXPIRED_SESSIONS, margin)]
+            expired = [
+                row["uniqueid"]
+                for row in await connection.fetch(EXPIRED_SESSIONS, margin)
+            ]
         settled = 0
         for uniqueid in expired:
             if await self.expire_one(uniqueid):
@@ -822,13 +878,22 @@ class CallService:
             row = await connection.fetchrow(ASTERISK_CDR, uniqueid)
         if row is not None:
             disposition = row["disposition"] or ""
-            dialstatus = {"ANSWERED": "ANSWER", "BUSY": "BUSY", "NO ANSWER": "NOANSWER",
-                          "CONGESTION": "CONGESTION", "FAILED": "CHANUNAVAIL"}.get(disposition)
+            dialstatus = {
+                "ANSWERED": "ANSWER",
+                "BUSY": "BUSY",
+                "NO ANSWER": "NOANSWER",
+                "CONGESTION": "CONGESTION",
+                "FAILED": "CHANUNAVAIL",
+            }.get(disposition)
             result = await self.settle(
                 SettleRequest(uniqueid, dialstatus, row["billsec"], None, None, source)
             )
-            log.info("session expired uniqueid=%s from_cdr=%s outcome=%s",
-                     uniqueid, disposition, result.outcome)
+            log.info(
+                "session expired uniqueid=%s from_cdr=%s outcome=%s",
+                uniqueid,
+                disposition,
+                result.outcome,
+            )
             return result.outcome in ("settled", "failed")
         return await self._settle_unresolved(uniqueid, source)
 
@@ -840,8 +905,12 @@ class CallService:
             reservations = await connection.fetch(SESSION_RESERVATIONS, uniqueid)
             account_ids = [row["account_id"] for row in reservations]
             await connection.execute(LOCK_ACCOUNTS, account_ids)
-            await connection.execute(RELEASE, account_ids, [r["amount"] for r in reservations])
-            await connection.execute("DELETE FROM reservations WHERE uniqueid = $1", uniqueid)
+            await connection.execute(
+                RELEASE, account_ids, [r["amount"] for r in reservations]
+            )
+            await connection.execute(
+                "DELETE FROM reservations WHERE uniqueid = $1", uniqueid
+            )
             await self._charge(
                 connection,
                 session,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -25,7 +25,7 @@ from engine.settings import Settings, describe_settings, load_settings
 
 log = logging.getLogger("callgate.cli")
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
 def setup_logging(level: str) -> None:
@@ -66,20 +66,26 @@ def decimal_arg(field: str) -> Callable[[str], Decimal]:
 
 def non_negative(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of 0 or more, got {text!r}"
+        )
     return int(text)
 
 
 def positive(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number above 0, got {text!r}"
+        )
     return int(text)
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     url = await asyncio.to_thread(db.database_url, settings)
     applied = await db.migrate_url(url)
-    emit(args, {"applied": applied}, "applied: " + (", ".join(applied) or "nothing new"))
+    emit(
+        args, {"applied": applied}, "applied: " + (", ".join(applied) or "nothing new")
+    )
     return 0
 
 
@@ -91,14 +97,21 @@ async def cmd_plan_add(args: argparse.Namespace, settings: Settings) -> int:
             if args.reseller:
                 reseller = await accounts.get_by_login(connection, args.reseller)
                 if reseller["kind"] != "reseller":
-                    raise InvalidInput("--reseller", args.reseller, "the login of a reseller")
+                    raise InvalidInput(
+                        "--reseller", args.reseller, "the login of a reseller"
+                    )
                 owner_id = reseller["id"]
                 retail_of = await connection.fetchval(
                     "SELECT plan_id FROM accounts WHERE id = $1", owner_id
                 )
                 plan_id = await accounts.create_retail_plan(
-                    connection, owner_id, reseller["login"], retail_of,
-                    reseller["markup"], reseller["tenant_id"], name=args.name,
+                    connection,
+                    owner_id,
+                    reseller["login"],
+                    retail_of,
+                    reseller["markup"],
+                    reseller["tenant_id"],
+                    name=args.name,
                 )
             else:
                 options = plans.PlanOptions(
@@ -114,7 +127,11 @@ async def cmd_plan_add(args: argparse.Namespace, settings: Settings) -> int:
                 plan_id = await plans.create_plan(connection, args.name, options)
     finally:
         await database.close()
-    emit(args, {"id": plan_id, "name": args.name}, f"plan {args.name} created (id {plan_id})")
+    emit(
+        args,
+        {"id": plan_id, "name": args.name},
+        f"plan {args.name} created (id {plan_id})",
+    )
     return 0
 
 
@@ -179,7 +196,10 @@ async def cmd_trunk_add(args: argparse.Namespace, settings: Settings) -> int:
             if args.plan:
                 plan = await plans.find_plan(connection, args.plan)
                 route_id = await plans.add_route(
-                    connection, plan["id"], trunk_id, prefix=args.prefix or "",
+                    connection,
+                    plan["id"],
+                    trunk_id,
+                    prefix=args.prefix or "",
                     priority=args.priority,
                 )
                 # Retail plans derived from it route the same way.
@@ -189,7 +209,10 @@ async def cmd_trunk_add(args: argparse.Namespace, settings: Settings) -> int:
                     SELECT id, $2, $3, $4 FROM plans WHERE parent_plan_id = $1
                     ON CONFLICT DO NOTHING
                     """,
-                    plan["id"], args.prefix or "", trunk_id, args.priority,
+                    plan["id"],
+                    args.prefix or "",
+                    trunk_id,
+                    args.priority,
                 )
     finally:
         await database.close()
@@ -197,7 +220,11 @@ async def cmd_trunk_add(args: argparse.Namespace, settings: Settings) -> int:
         args,
         {"id": trunk_id, "name": args.name, "route_id": route_id},
         f"trunk {args.name} created (id {trunk_id})"
-        + (f", routing {args.prefix or 'all destinations'} on {args.plan}" if args.plan else ""),
+        + (
+            f", routing {args.prefix or 'all destinations'} on {args.plan}"
+            if args.plan
+            else ""
+        ),
     )
     return 0
 
@@ -211,11 +238,15 @@ async def cmd_account_add(args: argparse.Namespace, settings: Settings) -> int:
             if args.reseller:
                 parent = await accounts.get_by_login(connection, args.reseller)
                 if parent["kind"] != "reseller":
-                    raise InvalidInput("--reseller", args.reseller, "the login of a reseller")
+                    raise InvalidInput(
+                        "--reseller", args.reseller, "the login of a reseller"
+                    )
                 parent_id = owner_id = parent["id"]
             plan_id = None
             if args.plan:
-                plan_id = (await plans.find_plan(connection, args.plan, owner_id=owner_id))["id"]
+                plan_id = (
+                    await plans.find_plan(connection, args.plan, owner_id=owner_id)
+                )["id"]
             created = await accounts.create_account(
                 connection,
                 kind=args.kind,
@@ -257,7 +288,9 @@ async def cmd_account_show(args: argparse.Namespace, settings: Settings) -> int:
     sessions = data["live_sessions"]
     assert isinstance(sessions, list)
     lines.append(f"live_sessions: {len(sessions)}")
-    lines.extend(f"  {s['uniqueid']} {s['number']} reserved {s['reserved']}" for s in sessions)
+    lines.extend(
+        f"  {s['uniqueid']} {s['number']} reserved {s['reserved']}" for s in sessions
+    )
     emit(args, data, "\n".join(lines))
     return 0
 
@@ -293,7 +326,9 @@ async def cmd_voucher_add(args: argparse.Namespace, settings: Settings) -> int:
             if args.reseller:
                 reseller = await accounts.get_by_login(connection, args.reseller)
                 if reseller["kind"] != "reseller":
-                    raise InvalidInput("--reseller", args.reseller, "the login of a reseller")
+                    raise InvalidInput(
+                        "--reseller", args.reseller, "the login of a reseller"
+                    )
                 reseller_id = reseller["id"]
             voucher_id = await connection.fetchval(
                 """
@@ -327,9 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help_text: str, handler: Command, json_output: bool = True,
-            parent: Any = commands) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
+    def add(
+        name: str,
+        help_text: str,
+        handler: Command,
+        json_output: bool = True,
+        parent: Any = commands,
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_text, description=help_text
+        )
         sub.set_defaults(handler=handler)
         if json_output:
             sub.add_argument("--json", action="store_true", help="print JSON")
@@ -342,77 +384,170 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan_add = add("add", "create a plan", cmd_plan_add, parent=plan)
     plan_add.add_argument("name", metavar="NAME")
-    plan_add.add_argument("--free-seconds", type=non_negative, default=0,
-                          help="calls up to this many seconds are free (default 0)")
-    plan_add.add_argument("--decimals", type=int, choices=range(0, 7), default=6,
-                          metavar="N", help="decimals of a call's cost, 0 to 6 (default 6)")
-    plan_add.add_argument("--rounding", choices=("half-up", "up", "down"), default="half-up",
-                          help="rounding of a call's cost (default half-up)")
-    plan_add.add_argument("--intl-prefix", default="00", metavar="P",
-                          help="international prefix stripped before rating (default 00)")
-    plan_add.add_argument("--route-order", choices=("priority", "cheapest", "random"),
-                          default="priority", help="order of the routes tried (default priority)")
-    plan_add.add_argument("--tariff-limit", type=positive, default=3, metavar="N",
-                          help="most routes tried per call (default 3)")
-    plan_add.add_argument("--initial-credit", type=decimal_arg("--initial-credit"),
-                          default=Decimal(0), metavar="X",
-                          help="credit a new client on this plan starts with (default 0)")
-    plan_add.add_argument("--signup", action="store_true",
-                          help="offer the plan to clients for sign-up")
-    plan_add.add_argument("--reseller", metavar="LOGIN",
-                          help="create a retail plan of this reseller, derived by its markup")
+    plan_add.add_argument(
+        "--free-seconds",
+        type=non_negative,
+        default=0,
+        help="calls up to this many seconds are free (default 0)",
+    )
+    plan_add.add_argument(
+        "--decimals",
+        type=int,
+        choices=range(0, 7),
+        default=6,
+        metavar="N",
+        help="decimals of a call's cost, 0 to 6 (default 6)",
+    )
+    plan_add.add_argument(
+        "--rounding",
+        choices=("half-up", "up", "down"),
+        default="half-up",
+        help="rounding of a call's cost (default half-up)",
+    )
+    plan_add.add_argument(
+        "--intl-prefix",
+        default="00",
+        metavar="P",
+        help="international prefix stripped before rating (default 00)",
+    )
+    plan_add.add_argument(
+        "--route-order",
+        choices=("priority", "cheapest", "random"),
+        default="priority",
+        help="order of the routes tried (default priority)",
+    )
+    plan_add.add_argument(
+        "--tariff-limit",
+        type=positive,
+        default=3,
+        metavar="N",
+        help="most routes tried per call (default 3)",
+    )
+    plan_add.add_argument(
+        "--initial-credit",
+        type=decimal_arg("--initial-credit"),
+        default=Decimal(0),
+        metavar="X",
+        help="credit a new client on this plan starts with (default 0)",
+    )
+    plan_add.add_argument(
+        "--signup", action="store_true", help="offer the plan to clients for sign-up"
+    )
+    plan_add.add_argument(
+        "--reseller",
+        metavar="LOGIN",
+        help="create a retail plan of this reseller, derived by its markup",
+    )
 
     rates = commands.add_parser("rates", help="manage rate decks").add_subparsers(
         dest="rates_command", metavar="ACTION", required=True
     )
-    rates_import = add("import", "replace a plan's rate deck from a CSV file",
-                       cmd_rates_import, parent=rates)
+    rates_import = add(
+        "import",
+        "replace a plan's rate deck from a CSV file",
+        cmd_rates_import,
+        parent=rates,
+    )
     rates_import.add_argument("plan", metavar="PLAN")
-    rates_import.add_argument("file", metavar="FILE",
-                              help="CSV: prefix,destination,rate,initblock,billingblock,connect_fee")
-    rates_import.add_argument("--skip-invalid", action="store_true",
-                              help="import the valid rows even if some are invalid")
+    rates_import.add_argument(
+        "file",
+        metavar="FILE",
+        help="CSV: prefix,destination,rate,initblock,billingblock,connect_fee",
+    )
+    rates_import.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import the valid rows even if some are invalid",
+    )
 
     trunk = commands.add_parser("trunk", help="manage trunks").add_subparsers(
         dest="trunk_command", metavar="ACTION", required=True
     )
-    trunk_add = add("add", "create a trunk, optionally with a route", cmd_trunk_add, parent=trunk)
+    trunk_add = add(
+        "add", "create a trunk, optionally with a route", cmd_trunk_add, parent=trunk
+    )
     trunk_add.add_argument("name", metavar="NAME")
-    trunk_add.add_argument("--dialstring", required=True, metavar="TEMPLATE",
-                           help="Asterisk dial string with {number}, e.g. PJSIP/{number}@carrier")
-    trunk_add.add_argument("--cost-plan", metavar="PLAN", help="what the carrier charges")
-    trunk_add.add_argument("--plan", metavar="PLAN", help="also route this plan's calls here")
-    trunk_add.add_argument("--prefix", metavar="P", help="route only this prefix (with --plan)")
-    trunk_add.add_argument("--priority", type=int, default=1, metavar="N",
-                           help="route priority, lower first (default 1)")
+    trunk_add.add_argument(
+        "--dialstring",
+        required=True,
+        metavar="TEMPLATE",
+        help="Asterisk dial string with {number}, e.g. PJSIP/{number}@carrier",
+    )
+    trunk_add.add_argument(
+        "--cost-plan", metavar="PLAN", help="what the carrier charges"
+    )
+    trunk_add.add_argument(
+        "--plan", metavar="PLAN", help="also route this plan's calls here"
+    )
+    trunk_add.add_argument(
+        "--prefix", metavar="P", help="route only this prefix (with --plan)"
+    )
+    trunk_add.add_argument(
+        "--priority",
+        type=int,
+        default=1,
+        metavar="N",
+        help="route priority, lower first (default 1)",
+    )
 
     account = commands.add_parser("account", help="manage accounts").add_subparsers(
         dest="account_command", metavar="ACTION", required=True
     )
-    account_add = add("add", "create a client or reseller", cmd_account_add, parent=account)
+    account_add = add(
+        "add", "create a client or reseller", cmd_account_add, parent=account
+    )
     account_add.add_argument("login", metavar="LOGIN")
     account_add.add_argument("--kind", choices=("client", "reseller"), required=True)
-    account_add.add_argument("--reseller", metavar="LOGIN", help="the reseller above it")
-    account_add.add_argument("--plan", metavar="NAME", help="its plan (a reseller's: wholesale)")
-    account_add.add_argument("--balance", type=decimal_arg("--balance"), default=Decimal(0),
-                             metavar="X", help="opening balance (default 0)")
-    account_add.add_argument("--credit-limit", type=decimal_arg("--credit-limit"),
-                             default=Decimal(0), metavar="X",
-                             help="credit a postpaid account may use (default 0)")
-    account_add.add_argument("--postpaid", action="store_true",
-                             help="postpaid: calls may use balance plus credit limit")
+    account_add.add_argument(
+        "--reseller", metavar="LOGIN", help="the reseller above it"
+    )
+    account_add.add_argument(
+        "--plan", metavar="NAME", help="its plan (a reseller's: wholesale)"
+    )
+    account_add.add_argument(
+        "--balance",
+        type=decimal_arg("--balance"),
+        default=Decimal(0),
+        metavar="X",
+        help="opening balance (default 0)",
+    )
+    account_add.add_argument(
+        "--credit-limit",
+        type=decimal_arg("--credit-limit"),
+        default=Decimal(0),
+        metavar="X",
+        help="credit a postpaid account may use (default 0)",
+    )
+    account_add.add_argument(
+        "--postpaid",
+        action="store_true",
+        help="postpaid: calls may use balance plus credit limit",
+    )
     account_add.add_argument("--password", metavar="P", help="login password")
-    account_add.add_argument("--max-concurrent", type=non_negative, default=0, metavar="N",
-                             help="most simultaneous calls, 0 for no limit (default 0)")
-    account_show = add("show", "show balance, reservations and status", cmd_account_show,
-                       parent=account)
+    account_add.add_argument(
+        "--max-concurrent",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="most simultaneous calls, 0 for no limit (default 0)",
+    )
+    account_show = add(
+        "show",
+        "show balance, reservations and status",
+        cmd_account_show,
+        parent=account,
+    )
     account_show.add_argument("login", metavar="LOGIN")
 
     apikey = commands.add_parser("apikey", help="manage API keys").add_subparsers(
         dest="apikey_command", metavar="ACTION", required=True
     )
-    apikey_issue = add("issue", "issue an API key (printed alone on stdout)",
-                       cmd_apikey_issue, parent=apikey)
+    apikey_issue = add(
+        "issue",
+        "issue an API key (printed alone on stdout)",
+        cmd_apikey_issue,
+        parent=apikey,
+    )
     apikey_issue.add_argument("login", metavar="LOGIN")
     apikey_issue.add_argument("--label", help="a note to tell keys apart")
 
@@ -421,9 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     voucher_add = add("add", "create a voucher", cmd_voucher_add, parent=voucher)
     voucher_add.add_argument("code", metavar="CODE")
-    voucher_add.add_argument("--amount", type=decimal_arg("--amount"), required=True, metavar="X")
-    voucher_add.add_argument("--reseller", metavar="LOGIN",
-                             help="only this reseller's clients may redeem it")
+    voucher_add.add_argument(
+        "--amount", type=decimal_arg("--amount"), required=True, metavar="X"
+    )
+    voucher_add.add_argument(
+        "--reseller", metavar="LOGIN", help="only this reseller's clients may redeem it"
+    )
 
     for plugin in entry_points(group="callgate.commands"):
         register = plugin.load()

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -22,8 +22,7 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Any fixed 64-bit number works; it only has to be the same in every process.
 MIGRATION_LOCK_KEY = 0x63616C6C67617465  # "callgate"
 
-Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 
 def start_embedded(data_dir: Path) -> str:
@@ -33,7 +32,7 @@ def start_embedded(data_dir: Path) -> str:
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     except Exception as exc:  # pgserver raises plain exceptions on start failure
         raise DatabaseError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"

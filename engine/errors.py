@@ -18,7 +18,7 @@ class DatabaseError(CallgateError):
 
 
 class InvalidInput(CallgateError):
-    """A value from outside is invalid: names the field, the value and what is expected."""
+    """An invalid value from outside, with its field and what is expected."""
 
     def __init__(self, field: str, value: Any, expected: str) -> None:
         self.field = field

@@ -8,8 +8,16 @@ from decimal import Decimal
 import asyncpg
 
 LEDGER_KINDS = frozenset(
-    {"call", "refill", "voucher", "transfer", "agent_payment", "sms", "esim",
-     "adjustment"}
+    {
+        "call",
+        "refill",
+        "voucher",
+        "transfer",
+        "agent_payment",
+        "sms",
+        "esim",
+        "adjustment",
+    }
 )
 
 CHANGE_BALANCE = """

@@ -14,7 +14,14 @@ import asyncpg
 
 from engine.errors import Conflict, InvalidInput, NotFound
 
-RATE_COLUMNS = ("prefix", "destination", "rate", "initblock", "billingblock", "connect_fee")
+RATE_COLUMNS = (
+    "prefix",
+    "destination",
+    "rate",
+    "initblock",
+    "billingblock",
+    "connect_fee",
+)
 MAX_MONEY = Decimal("99999999999999")
 SIX_PLACES = Decimal("0.000001")
 
@@ -88,7 +95,9 @@ def _parse_row(line: int, record: dict[str, str]) -> RateRow:
     for name, minimum in (("initblock", 0), ("billingblock", 1)):
         text = (record.get(name) or "").strip()
         if not (text.isascii() and text.isdigit()) or int(text) < minimum:
-            raise InvalidInput(name, text, f"a whole number of seconds, {minimum} or more")
+            raise InvalidInput(
+                name, text, f"a whole number of seconds, {minimum} or more"
+            )
         blocks.append(int(text))
     return RateRow(line, prefix, destination, rate, blocks[0], blocks[1], connect_fee)
 
@@ -103,7 +112,9 @@ def parse_rate_csv(text: str) -> tuple[list[RateRow], list[RowError]]:
     header = tuple(name.strip() for name in (reader.fieldnames or ()))
     if header != RATE_COLUMNS:
         return [], [
-            RowError(1, f"header must be {','.join(RATE_COLUMNS)}, found {','.join(header)}")
+            RowError(
+                1, f"header must be {','.join(RATE_COLUMNS)}, found {','.join(header)}"
+            )
         ]
     rows: list[RateRow] = []
     errors: list[RowError] = []
@@ -120,7 +131,10 @@ def parse_rate_csv(text: str) -> tuple[list[RateRow], list[RowError]]:
             continue
         if row.prefix in seen:
             errors.append(
-                RowError(line, f"duplicate prefix {row.prefix} (first on line {seen[row.prefix]})")
+                RowError(
+                    line,
+                    f"duplicate prefix {row.prefix} (first on line {seen[row.prefix]})",
+                )
             )
             continue
         seen[row.prefix] = line
@@ -132,7 +146,9 @@ def read_rate_file(path: Path) -> tuple[list[RateRow], list[RowError]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise InvalidInput("file", str(path), f"a readable CSV file ({exc.strerror})") from exc
+        raise InvalidInput(
+            "file", str(path), f"a readable CSV file ({exc.strerror})"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise InvalidInput("file", str(path), "a UTF-8 CSV file") from exc
     return parse_rate_csv(text)
@@ -213,7 +229,15 @@ async def replace_rates(
     """
     await connection.execute("DELETE FROM rates WHERE plan_id = $1", plan_id)
     records = [
-        (plan_id, r.prefix, r.destination, r.rate, r.initblock, r.billingblock, r.connect_fee)
+        (
+            plan_id,
+            r.prefix,
+            r.destination,
+            r.rate,
+            r.initblock,
+            r.billingblock,
+            r.connect_fee,
+        )
         for r in rows
     ]
     chunk = 5000
@@ -222,8 +246,13 @@ async def replace_rates(
             "rates",
             records=records[start : start + chunk],
             columns=[
-                "plan_id", "prefix", "destination", "rate", "initblock",
-                "billingblock", "connect_fee",
+                "plan_id",
+                "prefix",
+                "destination",
+                "rate",
+                "initblock",
+                "billingblock",
+                "connect_fee",
             ],
         )
         if progress is not None:
@@ -247,7 +276,7 @@ WHERE plan_id = $2
 async def derive_rates(
     connection: asyncpg.Connection, plan_id: int, parent_plan_id: int, markup: Decimal
 ) -> None:
-    """Rewrite a retail plan's rates as its parent's x (1 + markup), half-up to 6 places."""
+    """Rewrite a retail plan's rates as its parent's x (1 + markup), half-up."""
     await connection.execute("DELETE FROM rates WHERE plan_id = $1", plan_id)
     await connection.execute(DERIVE_RATES, plan_id, parent_plan_id, markup)
 
@@ -284,13 +313,18 @@ async def add_trunk(
 ) -> int:
     if "{number}" not in dialstring:
         raise InvalidInput(
-            "dialstring", dialstring, "an Asterisk dial string with {number}, e.g. PJSIP/{number}@carrier"
+            "dialstring",
+            dialstring,
+            "an Asterisk dial string with {number}, e.g. PJSIP/{number}@carrier",
         )
     if any(char in dialstring for char in ",\n\r"):
-        raise InvalidInput("dialstring", dialstring, "no comma or line break (Dial's separator)")
+        raise InvalidInput(
+            "dialstring", dialstring, "no comma or line break (Dial's separator)"
+        )
     try:
         trunk_id: int = await connection.fetchval(
-            "INSERT INTO trunks (name, dialstring, cost_plan_id) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO trunks (name, dialstring, cost_plan_id)"
+            " VALUES ($1, $2, $3) RETURNING id",
             name,
             dialstring,
             cost_plan_id,
@@ -309,7 +343,9 @@ async def add_route(
     priority: int = 1,
 ) -> int:
     if prefix and not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 15):
-        raise InvalidInput("prefix", prefix, "up to 15 digits, or empty for all destinations")
+        raise InvalidInput(
+            "prefix", prefix, "up to 15 digits, or empty for all destinations"
+        )
     try:
         route_id: int = await connection.fetchval(
             """

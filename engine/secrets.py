@@ -55,7 +55,9 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 def new_sip_password(length: int = 20) -> str:
     """Return a strong SIP password (letters and digits, one of each class)."""
     while True:
-        candidate = "".join(secrets.choice(SIP_PASSWORD_ALPHABET) for _ in range(length))
+        candidate = "".join(
+            secrets.choice(SIP_PASSWORD_ALPHABET) for _ in range(length)
+        )
         if password_is_strong(candidate):
             return candidate
 

@@ -261,6 +261,12 @@ SPECS: tuple[Spec, ...] = (
         "Window for the voucher redemption limit, in seconds.",
     ),
     Spec(
+        "api_max_body_bytes",
+        _positive_int,
+        "65536",
+        "Largest API request body accepted, in bytes; a larger one gets HTTP 413.",
+    ),
+    Spec(
         "default_markup",
         _money,
         "0.20",
@@ -298,6 +304,7 @@ class Settings:
     auth_failure_window: float
     voucher_limit: int
     voucher_window: float
+    api_max_body_bytes: int
     default_markup: Decimal
 
     def replace(self, **changes: Any) -> Settings:
@@ -311,7 +318,9 @@ def _read_file(path: str) -> dict[str, str]:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
     except OSError as exc:
-        raise SettingsError(f"CALLGATE_SETTINGS={path}: cannot read the file: {exc}")
+        raise SettingsError(
+            f"CALLGATE_SETTINGS={path}: cannot read the file: {exc}"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"CALLGATE_SETTINGS={path}: invalid TOML: {exc}") from exc
     known = {spec.field for spec in SPECS}

@@ -119,62 +119,113 @@ class World:
         rates: list[tuple[str, str, int, int, str]],
         **options: Any,
     ) -> int:
-        """Create a plan with rates as (prefix, rate, initblock, billingblock, connect_fee)."""
+        """Create a plan; rates are (prefix, rate, initblock, billingblock, fee)."""
         async with self.db.transaction() as connection:
-            plan_id = await plans.create_plan(connection, name, plans.PlanOptions(**options))
+            plan_id = await plans.create_plan(
+                connection, name, plans.PlanOptions(**options)
+            )
             rows = [
-                plans.RateRow(i, prefix, f"dest {prefix}", Decimal(rate), init, block,
-                              Decimal(fee))
+                plans.RateRow(
+                    i,
+                    prefix,
+                    f"dest {prefix}",
+                    Decimal(rate),
+                    init,
+                    block,
+                    Decimal(fee),
+                )
                 for i, (prefix, rate, init, block, fee) in enumerate(rates)
             ]
             await plans.replace_rates(connection, plan_id, rows)
         self.plans[name] = plan_id
         return plan_id
 
-    async def trunk(self, name: str, plan: str, *, prefix: str = "", priority: int = 1,
-                    dialstring: str | None = None, cost_plan: str | None = None) -> int:
+    async def trunk(
+        self,
+        name: str,
+        plan: str,
+        *,
+        prefix: str = "",
+        priority: int = 1,
+        dialstring: str | None = None,
+        cost_plan: str | None = None,
+    ) -> int:
         async with self.db.transaction() as connection:
-            trunk_id = await connection.fetchval("SELECT id FROM trunks WHERE name = $1", name)
+            trunk_id = await connection.fetchval(
+                "SELECT id FROM trunks WHERE name = $1", name
+            )
             if trunk_id is None:
                 trunk_id = await plans.add_trunk(
-                    connection, name, dialstring or f"PJSIP/{{number}}@{name}",
+                    connection,
+                    name,
+                    dialstring or f"PJSIP/{{number}}@{name}",
                     cost_plan_id=self.plans.get(cost_plan) if cost_plan else None,
                 )
-            await plans.add_route(connection, self.plans[plan], trunk_id, prefix=prefix,
-                                  priority=priority)
+            await plans.add_route(
+                connection, self.plans[plan], trunk_id, prefix=prefix, priority=priority
+            )
             await connection.execute(
                 """
                 INSERT INTO routes (plan_id, prefix, trunk_id, priority)
                 SELECT id, $2, $3, $4 FROM plans WHERE parent_plan_id = $1
                 ON CONFLICT DO NOTHING
                 """,
-                self.plans[plan], prefix, trunk_id, priority,
+                self.plans[plan],
+                prefix,
+                trunk_id,
+                priority,
             )
         return int(trunk_id)
 
-    async def reseller(self, login: str, plan: str, balance: str = "0", *,
-                       parent: str | None = None, markup: str = "0.20", **kw: Any) -> int:
+    async def reseller(
+        self,
+        login: str,
+        plan: str,
+        balance: str = "0",
+        *,
+        parent: str | None = None,
+        markup: str = "0.20",
+        **kw: Any,
+    ) -> int:
         async with self.db.transaction() as connection:
             created = await accounts.create_account(
-                connection, kind="reseller", currency=self.currency, login=login,
+                connection,
+                kind="reseller",
+                currency=self.currency,
+                login=login,
                 parent_id=self.accounts.get(parent) if parent else None,
-                plan_id=self.plans[plan], balance=Decimal(balance), markup=Decimal(markup),
+                plan_id=self.plans[plan],
+                balance=Decimal(balance),
+                markup=Decimal(markup),
                 **kw,
             )
             retail = await connection.fetchval(
-                "SELECT id FROM plans WHERE owner_id = $1 ORDER BY id LIMIT 1", created.id
+                "SELECT id FROM plans WHERE owner_id = $1 ORDER BY id LIMIT 1",
+                created.id,
             )
         self.accounts[login] = created.id
         self.plans[f"{login}-retail"] = retail
         return created.id
 
-    async def client(self, login: str, plan: str | None = None, balance: str = "0", *,
-                     reseller: str | None = None, **kw: Any) -> int:
+    async def client(
+        self,
+        login: str,
+        plan: str | None = None,
+        balance: str = "0",
+        *,
+        reseller: str | None = None,
+        **kw: Any,
+    ) -> int:
         async with self.db.transaction() as connection:
             created = await accounts.create_account(
-                connection, kind="client", currency=self.currency, login=login,
+                connection,
+                kind="client",
+                currency=self.currency,
+                login=login,
                 parent_id=self.accounts.get(reseller) if reseller else None,
-                plan_id=self.plans[plan] if plan else None, balance=Decimal(balance), **kw,
+                plan_id=self.plans[plan] if plan else None,
+                balance=Decimal(balance),
+                **kw,
             )
         self.accounts[login] = created.id
         assert created.sip_password is not None
@@ -212,7 +263,9 @@ def world(database: db.Database) -> World:
     return World(database)
 
 
-async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+async def wait_until(
+    predicate: Any, timeout: float = 5.0, interval: float = 0.02
+) -> None:
     """Poll an async or plain predicate until it is true, failing after timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

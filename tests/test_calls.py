@@ -28,7 +28,9 @@ async def answered(calls: CallService, call: AuthorizeRequest, seconds: int) -> 
     await calls.settle(SettleRequest(call.uniqueid, "ANSWER", seconds, 16))
 
 
-async def test_authorize_balance_one_at_half_per_minute(world: World, calls: CallService):
+async def test_authorize_balance_one_at_half_per_minute(
+    world: World, calls: CallService
+):
     await world.plan("retail", [("1", "0.50", 1, 1, "0")])
     await world.trunk("carrier", "retail")
     await world.client("1000000001", "retail", "1.00")
@@ -46,7 +48,9 @@ async def test_authorize_balance_one_at_half_per_minute(world: World, calls: Cal
     assert await world.ledger_sum("1000000001") == Decimal("0")
 
 
-async def test_authorize_rejects_credit_below_initial_block(world: World, calls: CallService):
+async def test_authorize_rejects_credit_below_initial_block(
+    world: World, calls: CallService
+):
     await world.plan("retail", [("1", "0.04", 60, 60, "0")])
     await world.trunk("carrier", "retail")
     await world.client("1000000001", "retail", "0.01")
@@ -91,7 +95,9 @@ async def test_authorize_postpaid_uses_credit_limit(world: World, calls: CallSer
     assert await world.balance("post") == Decimal("-500.000000")
 
 
-async def test_reseller_chain_charges_retail_and_wholesale(world: World, calls: CallService):
+async def test_reseller_chain_charges_retail_and_wholesale(
+    world: World, calls: CallService
+):
     await world.plan("wholesale", [("1", "0.025", 1, 1, "0")])
     await world.trunk("carrier", "wholesale")
     await world.reseller("res", "wholesale", "10")
@@ -158,12 +164,16 @@ async def test_rejected_call_writes_failed_cdr_once(world: World, calls: CallSer
     async with world.db.pool.acquire() as connection:
         failed = await connection.fetch("SELECT reason, hangup_cause FROM failed_cdrs")
         cdrs = await connection.fetchval("SELECT count(*) FROM cdrs")
-    assert [(row["reason"], row["hangup_cause"]) for row in failed] == [("no_credit", 21)]
+    assert [(row["reason"], row["hangup_cause"]) for row in failed] == [
+        ("no_credit", 21)
+    ]
     assert cdrs == 0
     assert await world.balance("cli") == 0
 
 
-async def test_settle_unknown_call_blocks_later_authorize(world: World, calls: CallService):
+async def test_settle_unknown_call_blocks_later_authorize(
+    world: World, calls: CallService
+):
     await world.plan("retail", [("1", "0.04", 60, 60, "0")])
     await world.trunk("carrier", "retail")
     await world.client("cli", "retail", "10")
@@ -196,8 +206,13 @@ async def test_settle_twice_charges_once(world: World, calls: CallService):
 
 @pytest.mark.parametrize(
     ("dialstatus", "cause", "reason"),
-    [("BUSY", 17, "busy"), ("NOANSWER", 16, "no_answer"), ("CHANUNAVAIL", 3, "unavailable"),
-     ("CONGESTION", 34, "congestion"), ("CANCEL", 127, "cancel")],
+    [
+        ("BUSY", 17, "busy"),
+        ("NOANSWER", 16, "no_answer"),
+        ("CHANUNAVAIL", 3, "unavailable"),
+        ("CONGESTION", 34, "congestion"),
+        ("CANCEL", 127, "cancel"),
+    ],
 )
 async def test_unanswered_call_writes_one_failed_cdr(
     world: World, calls: CallService, dialstatus: str, cause: int, reason: str
@@ -249,7 +264,9 @@ async def test_hundred_authorizations_reserve_three_blocks(
     assert await world.reserved("cli") == Decimal("0.12")
 
 
-async def test_hundred_authorizations_default_cap_one_call(world: World, calls: CallService):
+async def test_hundred_authorizations_default_cap_one_call(
+    world: World, calls: CallService
+):
     await world.plan("retail", [("1", "0.04", 60, 60, "0")])
     await world.trunk("carrier", "retail")
     await world.client("cli", "retail", "0.12")
@@ -299,7 +316,8 @@ async def test_expiry_bills_from_asterisk_cdr(
     await world.trunk("carrier", "retail")
     await world.client("cli", "retail", "10")
     calls = CallService(
-        database, settings.replace(ring_timeout=1, expiry_margin=0, max_call_duration=60)
+        database,
+        settings.replace(ring_timeout=1, expiry_margin=0, max_call_duration=60),
     )
     billed, lost = new_call("cli", "15555550101"), new_call("cli", "15555550102")
     await calls.authorize(billed)
@@ -309,7 +327,8 @@ async def test_expiry_bills_from_asterisk_cdr(
             "UPDATE sessions SET created_at = now() - interval '4 hours'"
         )
         await connection.execute(
-            "INSERT INTO cdr (uniqueid, disposition, billsec) VALUES ($1, 'ANSWERED', 30)",
+            "INSERT INTO cdr (uniqueid, disposition, billsec)"
+            " VALUES ($1, 'ANSWERED', 30)",
             billed.uniqueid,
         )
 
@@ -321,5 +340,8 @@ async def test_expiry_bills_from_asterisk_cdr(
         rows = await connection.fetch(
             "SELECT uniqueid, billed_seconds, unresolved FROM cdrs ORDER BY uniqueid"
         )
-    assert [(r["billed_seconds"], r["unresolved"]) for r in rows] == [(30, False), (0, True)]
+    assert [(r["billed_seconds"], r["unresolved"]) for r in rows] == [
+        (30, False),
+        (0, True),
+    ]
     assert calls.unresolved_total == 1
