@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,12 +28,18 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under data_dir; return its URL."""
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns about an unset XDG_RUNTIME_DIR on import; the
+        # embedded server does not use that directory.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     except Exception as exc:  # pgserver raises plain exceptions on start failure
         raise DatabaseError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"
@@ -57,7 +64,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> Poo
     try:
         pool = await asyncpg.create_pool(
             url,
-            min_size=min_size,
+            min_size=min(min_size, max_size),
             max_size=max_size,
             init=_init_connection,
             command_timeout=30,
