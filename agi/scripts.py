@@ -40,7 +40,7 @@ class Scripts:
 
     @property
     def handlers(self) -> dict[str, object]:
-        return {"authorize": self.authorize, "settle": self.settle}
+        return {"authorize": self.authorize, "settle": self.settle, "ping": self.ping}
 
     async def wait_cleanups(self) -> None:
         if self._cleanups:
@@ -155,6 +155,10 @@ class Scripts:
                 session.env.get("agi_uniqueid"),
                 exc,
             )
+
+    async def ping(self, session: AGISession) -> None:
+        """Do nothing: a connectivity check, and the protocol-only benchmark baseline."""
+        session.outcome = "OK"
 
     async def settle(self, session: AGISession) -> None:
         dialstatus = await session.get_variable("DIALSTATUS")

@@ -85,7 +85,9 @@ def check_e164(field: str, value: str) -> CheckedNumber:
         raise InvalidInput(field, value, E164_EXPECTED)
     digits = number[1:]
     codes = phonenumbers.COUNTRY_CODE_TO_REGION_CODE
-    if not any(int(digits[:length]) in codes for length in (1, 2, 3)):
+    if digits[0] == "0" or not any(
+        int(digits[:length]) in codes for length in (1, 2, 3)
+    ):
         raise InvalidInput(field, value, f"{E164_EXPECTED}, with a known country code")
     warning = None
     try:

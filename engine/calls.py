@@ -23,7 +23,6 @@ import asyncpg
 from engine import rating
 from engine.db import Database
 from engine.errors import InvalidInput
-from engine.ledger import change_balance
 from engine.rating import Rate, Tariff
 from engine.settings import Settings
 
@@ -196,6 +195,15 @@ ORDER BY a.id
 FOR UPDATE OF a
 """
 
+READ_CHAIN = """
+SELECT a.id, a.kind, a.status, a.billing, a.balance, a.credit_limit, a.reserved,
+       a.max_concurrent, a.plan_id, p.intl_prefix, p.free_seconds, p.decimals,
+       p.rounding, p.route_order, p.tariff_limit
+FROM accounts a
+LEFT JOIN plans p ON p.id = a.plan_id
+WHERE a.id = ANY($1::bigint[])
+"""
+
 COUNT_LIVE = """
 SELECT count(*) FROM sessions WHERE account_id = $1 AND state = 'live'
 """
@@ -220,34 +228,40 @@ WHERE r.plan_id = $1 AND t.status = 'active'
 ORDER BY length(r.prefix) DESC, r.priority, t.id
 """
 
-RESERVE = """
-UPDATE accounts a
-SET reserved = a.reserved + x.amount
-FROM unnest($1::bigint[], $2::numeric[]) AS x (id, amount)
-WHERE a.id = x.id
-"""
-
-INSERT_SESSION = """
-INSERT INTO sessions (
-    uniqueid, node, tenant_id, state, account_id, sip_account_id, sip_name,
-    channel, number, destination, prefix, callerid, max_seconds, reserve_mode,
-    funded_seconds, trunk_ids
+# One statement: the session row (whose primary key rejects a duplicate id),
+# the accounts' reserved amounts and the reservation rows. Nothing is written
+# unless the session row is new.
+STORE_SESSION = """
+WITH new_session AS (
+    INSERT INTO sessions (
+        uniqueid, node, tenant_id, state, account_id, sip_account_id, sip_name,
+        channel, number, destination, prefix, callerid, max_seconds,
+        reserve_mode, funded_seconds, trunk_ids
+    )
+    VALUES ($1, $2, $3, 'live', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+            $14, $15)
+    ON CONFLICT (uniqueid) DO NOTHING
+    RETURNING uniqueid
+),
+held AS (
+    UPDATE accounts a
+    SET reserved = a.reserved + x.amount
+    FROM unnest($16::bigint[], $27::numeric[]) AS x (id, amount)
+    WHERE a.id = x.id AND EXISTS (SELECT 1 FROM new_session)
+    RETURNING a.id
 )
-VALUES ($1, $2, $3, 'live', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-ON CONFLICT (uniqueid) DO NOTHING
-RETURNING true
-"""
-
-INSERT_RESERVATIONS = """
 INSERT INTO reservations (
     uniqueid, account_id, depth, plan_id, prefix, rate, initblock, billingblock,
     connect_fee, free_seconds, decimals, rounding, amount
 )
-SELECT $1, * FROM unnest(
-    $2::bigint[], $3::smallint[], $4::bigint[], $5::text[], $6::numeric[],
-    $7::integer[], $8::integer[], $9::numeric[], $10::integer[], $11::smallint[],
-    $12::text[], $13::numeric[]
-)
+SELECT (SELECT uniqueid FROM new_session), x.*
+FROM unnest(
+    $16::bigint[], $17::smallint[], $18::bigint[], $19::text[], $20::numeric[],
+    $21::integer[], $22::integer[], $23::numeric[], $24::integer[],
+    $25::smallint[], $26::text[], $27::numeric[]
+) AS x
+WHERE EXISTS (SELECT 1 FROM new_session)
+RETURNING account_id
 """
 
 INSERT_REJECTED = """
@@ -276,41 +290,66 @@ WHERE uniqueid = $1 AND state = 'live'
 RETURNING *
 """
 
-SESSION_RESERVATIONS = """
-SELECT * FROM reservations WHERE uniqueid = $1 ORDER BY account_id
+# Reads a session's reservations and locks their accounts in id order, the
+# order authorize locks them in, so the two never deadlock.
+LOCK_RESERVATIONS = """
+SELECT r.*
+FROM reservations r
+JOIN accounts a ON a.id = r.account_id
+WHERE r.uniqueid = $1
+ORDER BY a.id
+FOR UPDATE OF a
 """
 
-LOCK_ACCOUNTS = """
-SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
-"""
-
-RELEASE = """
-UPDATE accounts a
-SET reserved = greatest(a.reserved - x.amount, 0)
-FROM unnest($1::bigint[], $2::numeric[]) AS x (id, amount)
-WHERE a.id = x.id
+# Debits each account its cost, releases its reservation, appends the ledger
+# entries and deletes the reservations, in one statement.
+CHARGE = """
+WITH x AS (
+    SELECT * FROM unnest($2::bigint[], $3::numeric[], $4::numeric[])
+        AS x (id, cost, amount)
+),
+changed AS (
+    UPDATE accounts a
+    SET balance = a.balance - x.cost,
+        reserved = greatest(a.reserved - x.amount, 0),
+        updated_at = now()
+    FROM x
+    WHERE a.id = x.id
+    RETURNING a.id, a.balance, a.tenant_id, x.cost
+),
+entries AS (
+    INSERT INTO ledger (account_id, tenant_id, amount, balance_after, kind, reference)
+    SELECT id, tenant_id, -cost, balance, 'call', $1
+    FROM changed
+    WHERE cost <> 0
+),
+gone AS (
+    DELETE FROM reservations WHERE uniqueid = $1
+)
+SELECT count(*) FROM changed
 """
 
 INSERT_CDR = """
-INSERT INTO cdrs (
-    uniqueid, node, tenant_id, account_id, sip_account_id, sip_name, number,
-    destination, prefix, callerid, trunk_id, trunk_name, started_at,
-    answered_seconds, billed_seconds, cost, buy_cost, disposition, hangup_cause,
-    source, unresolved
+WITH cdr AS (
+    INSERT INTO cdrs (
+        uniqueid, node, tenant_id, account_id, sip_account_id, sip_name, number,
+        destination, prefix, callerid, trunk_id, trunk_name, started_at,
+        answered_seconds, billed_seconds, cost, buy_cost, disposition,
+        hangup_cause, source, unresolved
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+            (SELECT name FROM trunks WHERE id = $11), $12, $13, $14, $15, NULL,
+            'ANSWERED', $16, $17, $18)
+    RETURNING id
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-        $17, $18, $19, $20, $21)
-RETURNING id
-"""
-
-INSERT_CHARGES = """
 INSERT INTO cdr_charges (
     cdr_id, account_id, depth, plan_id, rate, connect_fee, billed_seconds, cost
 )
-SELECT $1, * FROM unnest(
-    $2::bigint[], $3::smallint[], $4::bigint[], $5::numeric[], $6::numeric[],
-    $7::integer[], $8::numeric[]
-)
+SELECT (SELECT id FROM cdr), x.*
+FROM unnest(
+    $19::bigint[], $20::smallint[], $21::bigint[], $22::numeric[], $23::numeric[],
+    $24::integer[], $25::numeric[]
+) AS x
 """
 
 EXPIRED_SESSIONS = """
@@ -366,8 +405,7 @@ class CallService:
                 return _rejection(Reason.UNKNOWN_ENDPOINT)
             call = _Call(request, node, sip)
             try:
-                async with connection.transaction():
-                    return await self._authorize_locked(connection, call)
+                return await self._authorize_locked(connection, call)
             except Rejected as rejected:
                 if rejected.reason is not Reason.DUPLICATE_CALL:
                     await self._record_rejection(
@@ -378,13 +416,45 @@ class CallService:
     async def _authorize_locked(
         self, connection: asyncpg.Connection, call: _Call
     ) -> Authorization:
-        sip = call.sip
-        chain_ids = [sip["account_id"], *sip["ancestors"]]
-        rows = {row["id"]: row for row in await connection.fetch(LOCK_CHAIN, chain_ids)}
+        """Rate and route without locks, then lock the chain only to reserve.
+
+        Rating and routing read plans, which do not need the accounts' row
+        locks; taking the locks last keeps them held for two statements, so
+        calls of clients under one reseller queue behind each other briefly.
+        """
+        chain_ids = [call.sip["account_id"], *call.sip["ancestors"]]
+        rows = {row["id"]: row for row in await connection.fetch(READ_CHAIN, chain_ids)}
+        self._load_chain(call, chain_ids, rows)
+        client = call.chain[0]
+        try:
+            call.number = rating.normalize(call.request.extension, client.intl_prefix)
+        except InvalidInput as exc:
+            raise Rejected(Reason.INVALID_NUMBER, str(exc)) from exc
+        await self._rate_chain(connection, call)
+        routes = await self._routes(connection, rows[client.id], call.number)
+        if not routes:
+            raise Rejected(Reason.NO_ROUTE)
+
+        async with connection.transaction():
+            locked = {
+                row["id"]: row for row in await connection.fetch(LOCK_CHAIN, chain_ids)
+            }
+            rated = [(account.plan_id, account.rate) for account in call.chain]
+            self._load_chain(call, chain_ids, locked)
+            if [account.plan_id for account in call.chain] != [p for p, _ in rated]:
+                # A plan changed between rating and locking: rate again.
+                await self._rate_chain(connection, call)
+            else:
+                for account, (_, rate) in zip(call.chain, rated, strict=True):
+                    account.rate = rate
+            return await self._reserve(connection, call, routes)
+
+    def _load_chain(
+        self, call: _Call, chain_ids: list[int], rows: dict[int, asyncpg.Record]
+    ) -> None:
         call.chain = [
             self._chain_account(rows[id_], depth) for depth, id_ in enumerate(chain_ids)
         ]
-        client = call.chain[0]
         for account in call.chain:
             if account.status != "active":
                 raise Rejected(
@@ -393,17 +463,16 @@ class CallService:
                     else Reason.RESELLER_INACTIVE
                 )
 
-        try:
-            call.number = rating.normalize(call.request.extension, client.intl_prefix)
-        except InvalidInput as exc:
-            raise Rejected(Reason.INVALID_NUMBER, str(exc)) from exc
-
+    async def _reserve(
+        self, connection: asyncpg.Connection, call: _Call, routes: list[Route]
+    ) -> Authorization:
+        """Check limits and funds on the locked chain; store the reservations."""
+        client = call.chain[0]
         if client.max_concurrent:
             live = await connection.fetchval(COUNT_LIVE, client.id)
             if live >= client.max_concurrent:
                 raise Rejected(Reason.CONCURRENT_LIMIT, f"{live} live calls")
 
-        await self._rate_chain(connection, call)
         cap = self.settings.max_call_duration
         for account in call.chain:
             assert account.rate is not None
@@ -418,10 +487,6 @@ class CallService:
                 )
         max_seconds = min(account.affordable or 0 for account in call.chain)
 
-        routes = await self._routes(connection, rows[client.id], call.number)
-        if not routes:
-            raise Rejected(Reason.NO_ROUTE)
-
         interval = self.interval_mode(call.node)
         for account in call.chain:
             assert account.rate is not None
@@ -430,7 +495,7 @@ class CallService:
                 funded = min(rating.minimum_block(account.rate), max_seconds)
             account.reservation = rating.grid_cost(funded, account.rate, account.tariff)
 
-        callerid = sip["active_callerid"]
+        callerid = call.sip["active_callerid"]
         await self._store_session(
             connection, call, max_seconds, interval, routes, callerid
         )
@@ -565,13 +630,13 @@ class CallService:
     ) -> None:
         client = call.chain[0]
         assert client.rate is not None
-        funded = (
-            min(rating.minimum_block(client.rate), max_seconds)
-            if interval
-            else max_seconds
-        )
-        inserted = await connection.fetchval(
-            INSERT_SESSION,
+        funded = max_seconds
+        if interval:
+            funded = min(rating.minimum_block(client.rate), max_seconds)
+        chain = call.chain
+        rates = [a.rate for a in chain if a.rate is not None]
+        stored = await connection.fetch(
+            STORE_SESSION,
             call.request.uniqueid,
             call.node,
             call.sip["tenant_id"],
@@ -587,29 +652,21 @@ class CallService:
             "interval" if interval else "full",
             funded,
             [route.trunk_id for route in routes],
-        )
-        if not inserted:
-            raise Rejected(Reason.DUPLICATE_CALL, call.request.uniqueid)
-        chain = call.chain
-        await connection.execute(
-            RESERVE, [a.id for a in chain], [a.reservation for a in chain]
-        )
-        await connection.execute(
-            INSERT_RESERVATIONS,
-            call.request.uniqueid,
             [a.id for a in chain],
             [a.depth for a in chain],
             [a.plan_id for a in chain],
-            [a.rate.prefix for a in chain if a.rate],
-            [a.rate.rate for a in chain if a.rate],
-            [a.rate.initblock for a in chain if a.rate],
-            [a.rate.billingblock for a in chain if a.rate],
-            [a.rate.connect_fee for a in chain if a.rate],
+            [r.prefix for r in rates],
+            [r.rate for r in rates],
+            [r.initblock for r in rates],
+            [r.billingblock for r in rates],
+            [r.connect_fee for r in rates],
             [a.tariff.free_seconds for a in chain],
             [a.tariff.decimals for a in chain],
             [a.tariff.rounding for a in chain],
             [a.reservation for a in chain],
         )
+        if not stored:
+            raise Rejected(Reason.DUPLICATE_CALL, call.request.uniqueid)
 
     async def _record_rejection(
         self,
@@ -668,22 +725,19 @@ class CallService:
             )
             if session is None:
                 return await self._settle_unknown(connection, request)
-            reservations = await connection.fetch(
-                SESSION_RESERVATIONS, request.uniqueid
-            )
-            account_ids = [row["account_id"] for row in reservations]
-            await connection.execute(LOCK_ACCOUNTS, account_ids)
-            await connection.execute(
-                RELEASE, account_ids, [row["amount"] for row in reservations]
-            )
-            await connection.execute(
-                "DELETE FROM reservations WHERE uniqueid = $1", request.uniqueid
-            )
+            reservations = await connection.fetch(LOCK_RESERVATIONS, request.uniqueid)
             answered = (
                 request.dialstatus == "ANSWER" and request.answered_seconds is not None
             )
             if answered:
                 return await self._charge(connection, session, reservations, request)
+            await connection.fetchval(
+                CHARGE,
+                request.uniqueid,
+                [row["account_id"] for row in reservations],
+                [Decimal(0)] * len(reservations),
+                [row["amount"] for row in reservations],
+            )
             reason = request.reason or DIAL_REASONS.get(
                 request.dialstatus or "", "not_dialed"
             )
@@ -745,6 +799,7 @@ class CallService:
         *,
         unresolved: bool = False,
     ) -> SettleResult:
+        """Debit every account of the chain and write the CDR with each one's cost."""
         answered = max(0, request.answered_seconds or 0)
         costs: list[Decimal] = []
         billed: list[int] = []
@@ -760,24 +815,19 @@ class CallService:
             tariff = Tariff(row["free_seconds"], row["decimals"], row["rounding"])
             billed.append(rating.billed_seconds(answered, rate, tariff.free_seconds))
             costs.append(rating.call_cost(answered, rate, tariff))
-        for row, cost in zip(reservations, costs, strict=True):
-            if cost != 0:
-                await change_balance(
-                    connection,
-                    row["account_id"],
-                    -cost,
-                    "call",
-                    reference=session["uniqueid"],
-                )
-        trunk_id, trunk_name = await self._trunk_used(
-            connection, session, request.route_index
+        await connection.fetchval(
+            CHARGE,
+            session["uniqueid"],
+            [row["account_id"] for row in reservations],
+            costs,
+            [row["amount"] for row in reservations],
         )
-        client_index = next(
+        client = next(
             (i for i, row in enumerate(reservations) if row["depth"] == 0), None
         )
-        client_cost = costs[client_index] if client_index is not None else Decimal(0)
-        client_billed = billed[client_index] if client_index is not None else 0
-        cdr_id = await connection.fetchval(
+        client_cost = costs[client] if client is not None else Decimal(0)
+        client_billed = billed[client] if client is not None else 0
+        await connection.execute(
             INSERT_CDR,
             session["uniqueid"],
             session["node"],
@@ -789,21 +839,14 @@ class CallService:
             session["destination"],
             session["prefix"],
             session["callerid"],
-            trunk_id,
-            trunk_name,
+            self._trunk_used(session, request.route_index),
             session["created_at"],
             answered,
             client_billed,
             client_cost,
-            None,
-            "ANSWERED",
             request.hangup_cause,
             request.source,
             unresolved,
-        )
-        await connection.execute(
-            INSERT_CHARGES,
-            cdr_id,
             [row["account_id"] for row in reservations],
             [row["depth"] for row in reservations],
             [row["plan_id"] for row in reservations],
@@ -814,17 +857,13 @@ class CallService:
         )
         return SettleResult("settled", client_cost, client_billed)
 
-    async def _trunk_used(
-        self, connection: asyncpg.Connection, session: asyncpg.Record, index: int | None
-    ) -> tuple[int | None, str | None]:
+    @staticmethod
+    def _trunk_used(session: asyncpg.Record, index: int | None) -> int | None:
+        """Return the trunk of the route the dialplan used (1-based), if known."""
         trunk_ids = session["trunk_ids"] or []
         if index is None or not 1 <= index <= len(trunk_ids):
-            return None, None
-        trunk_id = trunk_ids[index - 1]
-        name = await connection.fetchval(
-            "SELECT name FROM trunks WHERE id = $1", trunk_id
-        )
-        return trunk_id, name
+            return None
+        return int(trunk_ids[index - 1])
 
     async def _write_failed(
         self,
@@ -902,15 +941,7 @@ class CallService:
             session = await connection.fetchrow(CLOSE_SESSION, uniqueid, source)
             if session is None:
                 return False
-            reservations = await connection.fetch(SESSION_RESERVATIONS, uniqueid)
-            account_ids = [row["account_id"] for row in reservations]
-            await connection.execute(LOCK_ACCOUNTS, account_ids)
-            await connection.execute(
-                RELEASE, account_ids, [r["amount"] for r in reservations]
-            )
-            await connection.execute(
-                "DELETE FROM reservations WHERE uniqueid = $1", uniqueid
-            )
+            reservations = await connection.fetch(LOCK_RESERVATIONS, uniqueid)
             await self._charge(
                 connection,
                 session,

@@ -77,6 +77,10 @@ async def change_plan(
     return offered[plan_id]
 
 
+class WrongPassword(InvalidInput):
+    """The current password given for a password change does not match."""
+
+
 def check_new_password(password: str) -> str:
     if len(password) > MAX_PASSWORD_LENGTH or not password_is_strong(password):
         raise InvalidInput(
@@ -100,7 +104,7 @@ async def change_password(
     if len(current) > MAX_PASSWORD_LENGTH or not await asyncio.to_thread(
         verify_password, stored, current
     ):
-        raise InvalidInput(
+        raise WrongPassword(
             "current_password",
             f"<{len(current)} characters>",
             "your current account password",

@@ -60,6 +60,11 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.execute("SET TIME ZONE 'UTC'")
 
 
+async def _keep_session_state(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip on release: callgate sets no session
+    state (no LISTEN, no session advisory lock) on pooled connections."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> Pool:
     try:
         pool = await asyncpg.create_pool(
@@ -67,6 +72,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> Poo
             min_size=min(min_size, max_size),
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session_state,
             command_timeout=30,
         )
     except (OSError, asyncpg.PostgresError) as exc:

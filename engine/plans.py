@@ -258,6 +258,9 @@ async def replace_rates(
         if progress is not None:
             progress(min(start + chunk, len(records)))
     await rederive_children(connection, plan_id)
+    # Fresh statistics keep the planner on the primary-key lookup that
+    # rating relies on; after a bulk load it may otherwise scan the table.
+    await connection.execute("ANALYZE rates")
     return len(records)
 
 

@@ -31,6 +31,14 @@ RETURNING hits,
         window_start + make_interval(secs => $2) - now())))::integer AS retry_after
 """
 
+CURRENT = """
+SELECT hits,
+    greatest(1, ceil(extract(epoch FROM
+        window_start + make_interval(secs => $2) - now())))::integer AS retry_after
+FROM rate_limits
+WHERE key = $1 AND window_start > now() - make_interval(secs => $2)
+"""
+
 DELETE_EXPIRED = """
 DELETE FROM rate_limits
 WHERE window_start < now() - make_interval(secs => $1)
@@ -49,6 +57,21 @@ async def hit(connection: asyncpg.Connection, key: str, window: float) -> Count:
     """Count one hit on key in its current window and return the new count."""
     row = await connection.fetchrow(HIT, key, window)
     return Count(int(row["hits"]), int(row["retry_after"]))
+
+
+async def current(connection: asyncpg.Connection, key: str, window: float) -> Count:
+    """Return the hits on key in its current window, without counting one."""
+    row = await connection.fetchrow(CURRENT, key, window)
+    if row is None:
+        return Count(0, 0)
+    return Count(int(row["hits"]), int(row["retry_after"]))
+
+
+def limited(what: str, count: Count) -> RateLimited:
+    """Return the RateLimited error for a counter that reached its limit."""
+    return RateLimited(
+        f"too many {what}; retry after {count.retry_after} s", count.retry_after
+    )
 
 
 async def hit_within(

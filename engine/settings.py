@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.errors import SettingsError
 
@@ -112,6 +113,47 @@ def _money(value: str) -> Decimal:
     if not amount.is_finite() or amount < 0:
         raise ValueError("expected a decimal amount of 0 or more")
     return amount
+
+
+def _janus_plugins(value: str) -> str:
+    plugins = [item.strip() for item in value.split(",") if item.strip()]
+    if not plugins or not all(
+        item.replace(".", "").replace("_", "").replace("-", "").isalnum()
+        for item in plugins
+    ):
+        raise ValueError(
+            "expected plugin names such as janus.plugin.sip, comma-separated"
+        )
+    return ",".join(plugins)
+
+
+def _websocket_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("expected a ws:// or wss:// URL, for example wss://host:8989/")
+    return value
+
+
+def _http_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http:// or https:// URL, for example http://127.0.0.1:9300"
+        )
+    _ = parts.port  # raises ValueError for a port that is not a number
+    return value.rstrip("/")
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            "expected an IANA time zone name such as Europe/Berlin or UTC"
+        ) from exc
+    return value
 
 
 @dataclass(frozen=True)
@@ -272,6 +314,137 @@ SPECS: tuple[Spec, ...] = (
         "0.20",
         "Markup of a new reseller's retail plan over its wholesale plan (0.20 = 20 %).",
     ),
+    Spec(
+        "janus_secret",
+        _optional_text,
+        "",
+        "Janus token_auth_secret shared with the Janus gateway; signs Web Phone "
+        "tokens. Empty: client-softphone-token answers 503.",
+    ),
+    Spec(
+        "janus_plugins",
+        _janus_plugins,
+        "janus.plugin.sip",
+        "Comma-separated Janus plugins a Web Phone token grants.",
+    ),
+    Spec(
+        "webphone_ws_url",
+        _websocket_url,
+        "ws://127.0.0.1:8188/",
+        "Janus WebSocket URL handed to Web Phones.",
+    ),
+    Spec(
+        "webphone_sip_domain",
+        str,
+        "127.0.0.1",
+        "SIP domain of Web Phone identities (sip:<login>_web1@DOMAIN).",
+    ),
+    Spec(
+        "softphone_token_ttl",
+        _positive_int,
+        "3600",
+        "Lifetime of a Web Phone token, in seconds.",
+    ),
+    Spec(
+        "portal_auth_failure_limit",
+        _positive_int,
+        "5",
+        "Wrong passwords allowed per client login and reseller before the portal "
+        "login is locked for the rest of the window.",
+    ),
+    Spec(
+        "portal_auth_failure_window",
+        _positive_seconds,
+        "900",
+        "Window of the portal login lockout, in seconds.",
+    ),
+    Spec(
+        "login_check_limit",
+        _positive_int,
+        "30",
+        "Login availability checks (check-client-login, taken logins in "
+        "create-client) allowed per API key per window.",
+    ),
+    Spec(
+        "login_check_window",
+        _positive_seconds,
+        "60",
+        "Window of the login availability limit, in seconds.",
+    ),
+    Spec(
+        "timezone",
+        _timezone,
+        "UTC",
+        "IANA time zone of the server; an SMS scheduled_at without an offset is "
+        "read in it.",
+    ),
+    Spec(
+        "sms_url",
+        _http_url,
+        "",
+        "Base URL of the CryptoSMS HTTP provider (POST /send, GET /status/ID). "
+        "Empty: the cryptosms provider is off.",
+    ),
+    Spec(
+        "sms_api_key",
+        _optional_text,
+        "",
+        "Bearer token callgate sends to the CryptoSMS provider.",
+    ),
+    Spec(
+        "sms_timeout",
+        _positive_seconds,
+        "10",
+        "Seconds to wait for the SMS provider; past it the message stays PENDING "
+        "with its reservation held.",
+    ),
+    Spec(
+        "sms_rate_limit",
+        _positive_int,
+        "10",
+        "Most queued SMS (scheduled and bulk) sent per second per provider, "
+        "across all daemons.",
+    ),
+    Spec(
+        "sms_dlr_secret",
+        _optional_text,
+        "",
+        "Shared secret of the delivery-report callback (HMAC-SHA256 of the body "
+        "in X-Callgate-Signature). Empty: delivery reports are rejected.",
+    ),
+    Spec(
+        "esim_url",
+        _http_url,
+        "",
+        "Base URL of the eSIM upstream (GET /packages, POST /orders). Empty: no "
+        "upstream eSIM provider.",
+    ),
+    Spec(
+        "esim_api_key",
+        _optional_text,
+        "",
+        "Bearer token callgate sends to the eSIM upstream.",
+    ),
+    Spec(
+        "esim_timeout",
+        _positive_seconds,
+        "15",
+        "Seconds to wait for the eSIM upstream; past it the order stays PENDING "
+        "with its reservation held.",
+    ),
+    Spec(
+        "esim_markup",
+        _money,
+        "0",
+        "Operator markup over the eSIM upstream price (0.30 = 30 %).",
+    ),
+    Spec(
+        "local_providers",
+        _boolean,
+        "false",
+        "Offer the local development SMS provider (code local) and eSIM catalogue, "
+        "which need no network and deliver nothing. Not for production.",
+    ),
 )
 
 
@@ -306,6 +479,26 @@ class Settings:
     voucher_window: float
     api_max_body_bytes: int
     default_markup: Decimal
+    janus_secret: str | None
+    janus_plugins: str
+    webphone_ws_url: str
+    webphone_sip_domain: str
+    softphone_token_ttl: int
+    portal_auth_failure_limit: int
+    portal_auth_failure_window: float
+    login_check_limit: int
+    login_check_window: float
+    timezone: str
+    sms_url: str | None
+    sms_api_key: str | None
+    sms_timeout: float
+    sms_rate_limit: int
+    sms_dlr_secret: str | None
+    esim_url: str | None
+    esim_api_key: str | None
+    esim_timeout: float
+    esim_markup: Decimal
+    local_providers: bool
 
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
