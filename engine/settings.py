@@ -568,3 +568,16 @@ def describe_settings() -> str:
         default = spec.default or "(empty)"
         lines.append(f"  {spec.env:<34} {spec.help} Default: {default}")
     return "\n".join(lines)
+
+
+def settings_markdown() -> str:
+    """Return the settings table of the README (a test keeps the two equal)."""
+    rows = ["| setting | default | what it sets |", "| --- | --- | --- |"]
+    for spec in SPECS:
+        default = f"`{spec.default}`" if spec.default else "(empty)"
+        rows.append(f"| `{spec.env}` | {default} | {spec.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())
