@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Any
 
 from aiohttp import web
 
+from agi.control import NodeController, NodeStatus
 from agi.fastagi import FastAGIServer
 from agi.scripts import Scripts
 from engine import accounts, db, demo, metrics
@@ -121,6 +121,19 @@ async def _start_metrics_only(settings: Settings) -> web.AppRunner | None:
     return runner
 
 
+async def _wait_stop(stop: asyncio.Event, background: list[asyncio.Task[None]]) -> None:
+    """Wait for a stop signal; a background loop that dies stops the daemon too."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait(
+        [stopping, *background], return_when=asyncio.FIRST_COMPLETED
+    )
+    stopping.cancel()
+    for task in done:
+        if task is not stopping and not task.cancelled() and task.exception():
+            log.error("%s stopped: %s", task.get_name(), task.exception())
+            raise CallgateError(f"{task.get_name()} stopped: {task.exception()}")
+
+
 async def serve(args: argparse.Namespace, settings: Settings) -> int:
     url = await asyncio.to_thread(db.database_url, settings)
     await db.migrate_url(url)
@@ -135,8 +148,15 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
             if keys is not None:
                 _print_demo(keys)
 
-    calls = CallService(database, settings)
+    status = NodeStatus(database)
+    calls = CallService(database, settings, interval_mode=status.connected)
     scripts = Scripts(calls)
+    background: list[asyncio.Task[None]] = [
+        asyncio.create_task(status.run(), name="node-status")
+    ]
+    if settings.ami_url and not args.no_ami:
+        controller = NodeController(database, settings, calls, settings.node)
+        background.append(asyncio.create_task(controller.run(), name="call-control"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -170,15 +190,17 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("callgate ready %s", " ".join(parts))
         print(f"callgate ready {' '.join(parts)}", flush=True)
 
-        expiry = asyncio.create_task(
-            expiry_loop(calls, database, settings.expiry_interval)
+        background.append(
+            asyncio.create_task(
+                expiry_loop(calls, database, settings.expiry_interval), name="expiry"
+            )
         )
-        await stop.wait()
+        await _wait_stop(stop, background)
         log.info("callgate stopping")
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if agi_server is not None:
             await agi_server.close()
         await scripts.wait_cleanups()

@@ -87,3 +87,44 @@ api_request_seconds = Histogram(
 
 def observe_query(name: str, seconds: float) -> None:
     db_query_seconds.labels(name).observe(seconds)
+
+
+sms_messages = Counter(
+    "callgate_sms_messages_total",
+    "SMS messages reaching a status, by provider and status.",
+    ["provider", "status"],
+    registry=REGISTRY,
+)
+esim_orders = Counter(
+    "callgate_esim_orders_total",
+    "eSIM orders reaching a status, by status.",
+    ["status"],
+    registry=REGISTRY,
+)
+
+ami_connected = Gauge(
+    "callgate_ami_connected",
+    "1 while this process's AMI link to its node is logged in.",
+    registry=REGISTRY,
+)
+ami_reconnects = Counter(
+    "callgate_ami_reconnects_total",
+    "AMI links lost (each is followed by a reconnect attempt).",
+    registry=REGISTRY,
+)
+ami_events = Counter(
+    "callgate_ami_events_total",
+    "AMI events received, by event name.",
+    ["event"],
+    registry=REGISTRY,
+)
+debit_hangups = Counter(
+    "callgate_debit_hangups_total",
+    "Calls hung up over AMI because their money ran out.",
+    registry=REGISTRY,
+)
+outage_unfunded = Counter(
+    "callgate_outage_unfunded_amount_total",
+    "Money live calls could not reserve up to their L() limit when AMI dropped.",
+    registry=REGISTRY,
+)
