@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +61,13 @@ WHERE uniqueid = $1 AND state = 'live'
 """
 
 NODE_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('callgate-node:' || $1, 0))"
+
+PROVISIONING_CHANNEL = "callgate_provisioning"
+# The memory caches asterisk-conf/sorcery.conf names; identify uses a full
+# backend cache, which Asterisk refuses to expire per object, so it is
+# repopulated instead.
+OBJECT_CACHES = ("ep", "aor", "auth")
+IDENTIFY_CACHE = "ident"
 
 
 @dataclass
@@ -123,6 +132,7 @@ class NodeController:
         self.hangups = 0
         self.unfunded_total = 0
         self._lock_connection: asyncpg.Connection | None = None
+        self._changes: asyncio.Queue[dict[str, str]] = asyncio.Queue()
 
     # --- ownership and heartbeat ------------------------------------------------
 
@@ -134,10 +144,24 @@ class NodeController:
             await self.db.pool.release(connection)
             return False
         self._lock_connection = connection
+        await connection.add_listener(PROVISIONING_CHANNEL, self._on_notify)
         return True
+
+    def _on_notify(
+        self, _connection: object, _pid: int, _channel: str, payload: str
+    ) -> None:
+        try:
+            change = json.loads(payload)
+        except ValueError:
+            log.error("invalid provisioning notification: %r", payload[:200])
+            return
+        self._changes.put_nowait(change)
 
     async def release_node(self) -> None:
         if self._lock_connection is not None:
+            await self._lock_connection.remove_listener(
+                PROVISIONING_CHANNEL, self._on_notify
+            )
             await self._lock_connection.execute("SELECT pg_advisory_unlock_all()")
             await self.db.pool.release(self._lock_connection)
             self._lock_connection = None
@@ -317,6 +341,54 @@ class NodeController:
             reply.get("Message"),
         )
 
+    # --- live provisioning ------------------------------------------------------
+
+    async def provisioning_loop(self) -> None:
+        """Expire Asterisk's caches for every SIP change committed in the database."""
+        while True:
+            change = await self._changes.get()
+            if not self.connected:
+                # Asterisk reloads what it needs after the link is back; the
+                # caches expire on their own lifetime meanwhile.
+                log.warning("AMI down: cache not expired for %s", change.get("name"))
+                continue
+            try:
+                await self.expire_caches(change)
+            except AMIError as exc:
+                log.error("cache expiry failed for %s: %s", change.get("name"), exc)
+
+    async def expire_caches(self, change: dict[str, str]) -> None:
+        names = {change.get("name"), change.get("old_name")} - {None, ""}
+        for name in sorted(n for n in names if n):
+            for cache in OBJECT_CACHES:
+                reply = await self.ami.sorcery_memory_cache_expire_object(cache, name)
+                result = "ok" if reply.is_success else "error"
+                metrics.cache_expire_actions.labels(result).inc()
+        if change.get("kind") == "ipauth":
+            reply = await self.ami.sorcery_memory_cache_populate(IDENTIFY_CACHE)
+            metrics.cache_expire_actions.labels(
+                "ok" if reply.is_success else "error"
+            ).inc()
+        removed = (
+            change.get("operation") == "delete" or change.get("status") == "disabled"
+        )
+        if removed and self.settings.hangup_removed_endpoints:
+            for name in sorted(n for n in names if n):
+                reply = await self.ami.send_action(
+                    "Hangup", Channel=f"/^PJSIP/{re.escape(name)}-/", Cause="16"
+                )
+                log.info(
+                    "live calls of removed endpoint %s hung up: %s",
+                    name,
+                    reply.get("Message"),
+                )
+        log.info(
+            "caches expired for %s (%s %s)",
+            ", ".join(sorted(names)),
+            change.get("operation"),
+            change.get("kind"),
+        )
+
     # --- settle from AMI and reconcile --------------------------------------------
 
     async def settle_from_events(self, call: Tracked, source: str) -> None:
@@ -407,6 +479,7 @@ class NodeController:
             asyncio.create_task(self.run_timers(), name="debit-timers"),
             asyncio.create_task(self.heartbeat_loop(), name="node-heartbeat"),
             asyncio.create_task(self.reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self.provisioning_loop(), name="provisioning"),
         ]
         try:
             await self.ami.start()

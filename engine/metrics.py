@@ -128,3 +128,9 @@ outage_unfunded = Counter(
     "Money live calls could not reserve up to their L() limit when AMI dropped.",
     registry=REGISTRY,
 )
+cache_expire_actions = Counter(
+    "callgate_cache_expire_actions_total",
+    "Sorcery memory cache expire and populate actions sent over AMI, by result.",
+    ["result"],
+    registry=REGISTRY,
+)

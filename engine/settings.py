@@ -263,6 +263,13 @@ SPECS: tuple[Spec, ...] = (
         "",
         "Asterisk node name (its systemname) whose AMI this process watches.",
     ),
+    Spec(
+        "hangup_removed_endpoints",
+        _boolean,
+        "false",
+        "Hang up the live calls of a SIP account or IP authorization that is "
+        "deleted or disabled (over AMI).",
+    ),
     Spec("log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR."),
     Spec(
         "trusted_proxies",
@@ -468,6 +475,7 @@ class Settings:
     expiry_margin: int
     expiry_interval: float
     node: str
+    hangup_removed_endpoints: bool
     log_level: str
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     allow_private_ip_auth: bool

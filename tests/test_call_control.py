@@ -62,6 +62,7 @@ class FakeAsterisk:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     logins: int = 0
     server: asyncio.Server | None = None
+    actions: list[dict[str, str]] = field(default_factory=list)
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, HOST, 0)
@@ -106,6 +107,7 @@ class FakeAsterisk:
     def _answer(self, writer: asyncio.StreamWriter, action: dict[str, str]) -> None:
         name = action.get("Action", "").lower()
         action_id = action.get("ActionID", "")
+        self.actions.append(action)
         if name == "login":
             self.logins += 1
             writer.write(frame(Response="Success", ActionID=action_id,
@@ -160,7 +162,7 @@ async def rig(database: Database, settings: Settings) -> AsyncIterator[Rig]:
     port = await asterisk.start()
     settings = settings.replace(
         ami_url=f"ami://callgate:secret@{HOST}:{port}", node=NODE, debit_interval=5,
-        hangup_margin=1.0, settle_grace=2.0,
+        hangup_margin=1.0, settle_grace=2.0, hangup_removed_endpoints=True,
     )
     status = NodeStatus(database)
     calls = CallService(database, settings, interval_mode=status.connected)
@@ -338,3 +340,45 @@ async def test_controller_restart_settles_each_call_once(
     assert sorted(row["uniqueid"] for row in cdrs) == sorted(u for u, _, _ in calls)
     assert await world.balance("alice") == Decimal(10) - Decimal("0.01") * sum(talked)
     assert await world.reserved("alice") == 0
+
+
+def _sent(rig: Rig, action: str, **headers: str) -> bool:
+    return any(
+        sent.get("Action") == action
+        and all(sent.get(key) == value for key, value in headers.items())
+        for sent in rig.asterisk.actions
+    )
+
+
+async def test_sip_changes_expire_asterisk_caches(world: World, rig: Rig):
+    await world.plan("retail", [("1", "0.60", 1, 1, "0")])
+    await world.client("alice", "retail", "10")
+
+    await wait_until(
+        lambda: _sent(rig, "SorceryMemoryCacheExpireObject", Cache="ep", Object="alice"),
+        timeout=3,
+    )
+    async with world.db.transaction() as connection:
+        main_id = await connection.fetchval(
+            "SELECT id FROM sip_accounts WHERE name = 'alice'"
+        )
+        await connection.execute(
+            """
+            INSERT INTO sip_accounts (account_id, name, kind, parent_sip_id, ip, port)
+            VALUES ($1, 'alice_ipa1', 'ipauth', $2, '203.0.113.10', 5060)
+            """,
+            world.accounts["alice"], main_id,
+        )
+    await wait_until(
+        lambda: _sent(rig, "SorceryMemoryCachePopulate", Cache="ident"), timeout=3
+    )
+    async with world.db.transaction() as connection:
+        await connection.execute(
+            "UPDATE sip_accounts SET status = 'disabled' WHERE name = 'alice_ipa1'"
+        )
+
+    await wait_until(
+        lambda: _sent(rig, "Hangup", Channel="/^PJSIP/alice_ipa1-/"), timeout=3
+    )
+    assert _sent(rig, "SorceryMemoryCacheExpireObject", Cache="aor", Object="alice_ipa1")
+    assert _sent(rig, "SorceryMemoryCacheExpireObject", Cache="auth", Object="alice_ipa1")
