@@ -1,4 +1,4 @@
-"""What an account may change about itself: its plan and its password."""
+"""Self-service changes of an account: its plan and its password."""
 
 from __future__ import annotations
 

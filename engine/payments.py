@@ -44,7 +44,7 @@ RETURNING id, client_id, amount, currency, status
 """
 
 # A concurrent INSERT of the same key waits for the first to commit and then
-# inserts nothing; this statement, run after it, sees the committed row.
+# inserts nothing. This statement, run after it, reads the committed row.
 LOCK_PAYMENT = """
 SELECT id, client_id, amount, currency, status
 FROM payments
@@ -225,7 +225,10 @@ async def apply_credit(connection: asyncpg.Connection, credit: Credit) -> Outcom
     key = (credit.reseller_id, credit.provider, credit.external_id)
     inserted = await connection.fetchrow(
         INSERT_PAYMENT,
-        *key,
+        credit.reseller_id,
+        credit.client_id,
+        credit.provider,
+        credit.external_id,
         credit.amount,
         credit.currency,
         "pending" if credit.status == "paid" else credit.status,

@@ -31,7 +31,7 @@ SIP_PASSWORD_RULES = (
 MAX_SIP_ACCOUNTS = 1000
 MAX_IP_AUTHORIZATIONS = 100
 
-_REFUSED_V4 = tuple(
+_PRIVATE_V4 = tuple(
     ipaddress.IPv4Network(network)
     for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
@@ -170,7 +170,7 @@ def check_ip(value: str, *, allow_private: bool) -> str:
         private = (
             address.is_loopback
             or address.is_link_local
-            or any(address in network for network in _REFUSED_V4)
+            or any(address in network for network in _PRIVATE_V4)
         )
     else:
         private = (
@@ -180,7 +180,7 @@ def check_ip(value: str, *, allow_private: bool) -> str:
         )
     if private and not allow_private:
         raise InvalidInput(
-            "ip", value, f"{expected}; private and loopback ranges are refused"
+            "ip", value, f"{expected}; private and loopback ranges are rejected"
         )
     return str(address)
 
@@ -274,7 +274,7 @@ async def list_ip_authorizations(
     return list(await connection.fetch(LIST_IP_AUTH, account_id))
 
 
-async def _refuse_taken_ip(
+async def _check_ip_free(
     connection: asyncpg.Connection, ip: str, port: int, own_id: int = 0
 ) -> None:
     # The unique index sip_accounts_active_ip enforces this too; checking
@@ -298,7 +298,7 @@ async def create_ip_authorization(
         raise Conflict(
             f"an account has at most {MAX_IP_AUTHORIZATIONS} IP authorizations"
         )
-    await _refuse_taken_ip(connection, ip, port)
+    await _check_ip_free(connection, ip, port)
     number = await connection.fetchval(
         NEXT_IP_AUTH_NUMBER, sip_login, MAX_IP_AUTHORIZATIONS + 1
     )
@@ -341,7 +341,7 @@ async def set_ip_authorization_status(
     row = await find_own_ip_authorization(connection, account_id, ip_auth_id)
     status = "active" if active else "disabled"
     if active and row["status"] != "active":
-        await _refuse_taken_ip(connection, row["ip"], row["port"], ip_auth_id)
+        await _check_ip_free(connection, row["ip"], row["port"], ip_auth_id)
     try:
         async with connection.transaction():
             await connection.execute(SET_IP_AUTH_STATUS, ip_auth_id, status)

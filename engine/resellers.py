@@ -1,9 +1,9 @@
 """A reseller's clients: lookup, creation, status, plan, passwords and profile.
 
 Every function takes the reseller's account id and finds a client by login
-and parent together, so a client of another reseller or of the operator
-raises the same NotFound, with the same message, as a login that does not
-exist. Only the reseller's own plans (owner_id) can be given to its clients.
+and parent together. A client of another reseller or of the operator
+therefore raises the same NotFound, with the same message, as a login that
+does not exist. Only the reseller's own plans (owner_id) can be given to its clients.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ SET password = $2, updated_at = now()
 WHERE id = $1
 """
 
-# $2..$5 are the new values; $6..$9 say which of them to write.
+# $2..$5 are the new values, and $6..$9 select which of them are written.
 UPDATE_PROFILE = """
 UPDATE accounts
 SET name = CASE WHEN $6 THEN $2 ELSE name END,
@@ -143,7 +143,7 @@ class Profile:
 
 
 def not_found(login: str) -> NotFound:
-    """Return the one answer for a login that is missing or not the reseller's."""
+    """Return the NotFound raised for a login that is missing or not the reseller's."""
     return NotFound(f"client {login!r} not found among your clients")
 
 
