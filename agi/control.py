@@ -39,6 +39,7 @@ HEARTBEAT_SECONDS = 5.0
 # reserves whole max durations, as when AMI is down.
 HEARTBEAT_STALE_SECONDS = 15.0
 RECONCILE_SECONDS = 60.0
+BATCH_WINDOW = 1.0
 
 UPSERT_HEARTBEAT = """
 INSERT INTO nodes (name, ami_connected, heartbeat_at, owner)
@@ -275,21 +276,36 @@ class NodeController:
         await self._fund(call)
 
     async def _fund(self, call: Tracked) -> None:
-        """Fund talk so far plus one interval; schedule the next step or the cut."""
-        assert call.answered_at is not None
-        talked = max(0.0, self.clock() - call.answered_at)
-        target = int(talked) + self.interval
-        funding = await self.funding.fund(call.uniqueid, target)
-        if funding is None:
-            self.tracked.pop(call.uniqueid, None)
-            return
-        call.funded_seconds = funding.funded_seconds
-        end = call.answered_at + funding.funded_seconds
-        if funding.complete and funding.funded_seconds < call.max_seconds:
-            self._schedule(end - self.lead, call.uniqueid, "fund")
-        elif not funding.complete:
-            call.cut_scheduled = True
-            self._schedule(end - self.margin, call.uniqueid, "cut")
+        await self._fund_batch([call])
+
+    async def _fund_batch(
+        self, calls: list[Tracked], *, allow_lower: bool = False
+    ) -> None:
+        """Fund talk so far plus one interval; schedule each next step or cut.
+
+        Due steps are funded together in one transaction, which keeps the
+        loop's cost per call small with thousands of live calls.
+        """
+        now = self.clock()
+        targets = {}
+        for call in calls:
+            assert call.answered_at is not None
+            talked = max(0.0, now - call.answered_at)
+            targets[call.uniqueid] = int(talked) + self.interval
+        results = await self.funding.fund_many(targets, allow_lower=allow_lower)
+        for call in calls:
+            funding = results.get(call.uniqueid)
+            if funding is None:
+                self.tracked.pop(call.uniqueid, None)
+                continue
+            assert call.answered_at is not None
+            call.funded_seconds = funding.funded_seconds
+            end = call.answered_at + funding.funded_seconds
+            if funding.complete and funding.funded_seconds < call.max_seconds:
+                self._schedule(end - self.lead, call.uniqueid, "fund")
+            elif not funding.complete:
+                call.cut_scheduled = True
+                self._schedule(end - self.margin, call.uniqueid, "cut")
 
     def _schedule(self, when: float, uniqueid: str, kind: str) -> None:
         heapq.heappush(self._heap, _Due(when, uniqueid, kind))
@@ -300,20 +316,42 @@ class NodeController:
         while True:
             self._wakeup.clear()
             now = self.clock()
-            while self._heap and self._heap[0].when <= now:
+            batch: list[Tracked] = []
+            # Funding a step up to a second early costs nothing (the target is
+            # talk so far plus an interval), and lets due steps share a batch.
+            while self._heap and self._heap[0].when <= now + BATCH_WINDOW:
                 due = heapq.heappop(self._heap)
-                try:
-                    await self._run_due(due)
-                except (OSError, asyncpg.PostgresError, AMIError) as exc:
-                    log.error("%s failed uniqueid=%s: %s", due.kind, due.uniqueid, exc)
-                    if due.kind == "fund":
-                        self._schedule(self.clock() + 1, due.uniqueid, due.kind)
-                now = self.clock()
+                call = self.tracked.get(due.uniqueid)
+                if due.kind == "fund":
+                    if call is not None and call.hangup_at is None:
+                        batch.append(call)
+                    continue
+                if due.when > now:
+                    heapq.heappush(self._heap, due)
+                    break
+                await self._run_guarded(due)
+            if batch:
+                await self._fund_guarded(batch)
+            now = self.clock()
             delay = self._heap[0].when - now if self._heap else 3600.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._wakeup.wait(), timeout=max(0.0, delay) / self.time_scale
                 )
+
+    async def _run_guarded(self, due: _Due) -> None:
+        try:
+            await self._run_due(due)
+        except (OSError, asyncpg.PostgresError, AMIError) as exc:
+            log.error("%s failed uniqueid=%s: %s", due.kind, due.uniqueid, exc)
+
+    async def _fund_guarded(self, batch: list[Tracked]) -> None:
+        try:
+            await self._fund_batch(batch)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("funding %d calls failed: %s; retrying in 1 s", len(batch), exc)
+            for call in batch:
+                self._schedule(self.clock() + 1, call.uniqueid, "fund")
 
     async def _run_due(self, due: _Due) -> None:
         call = self.tracked.get(due.uniqueid)
@@ -358,8 +396,8 @@ class NodeController:
                 log.error("cache expiry failed for %s: %s", change.get("name"), exc)
 
     async def expire_caches(self, change: dict[str, str]) -> None:
-        names = {change.get("name"), change.get("old_name")} - {None, ""}
-        for name in sorted(n for n in names if n):
+        names = sorted({n for n in (change.get("name"), change.get("old_name")) if n})
+        for name in names:
             for cache in OBJECT_CACHES:
                 reply = await self.ami.sorcery_memory_cache_expire_object(cache, name)
                 result = "ok" if reply.is_success else "error"
@@ -373,7 +411,7 @@ class NodeController:
             change.get("operation") == "delete" or change.get("status") == "disabled"
         )
         if removed and self.settings.hangup_removed_endpoints:
-            for name in sorted(n for n in names if n):
+            for name in names:
                 reply = await self.ami.send_action(
                     "Hangup", Channel=f"/^PJSIP/{re.escape(name)}-/", Cause="16"
                 )
@@ -384,7 +422,7 @@ class NodeController:
                 )
         log.info(
             "caches expired for %s (%s %s)",
-            ", ".join(sorted(names)),
+            ", ".join(names),
             change.get("operation"),
             change.get("kind"),
         )
@@ -421,15 +459,19 @@ class NodeController:
                 result.billed_seconds,
             )
 
-    async def resync(self, channels: set[str]) -> None:
-        """Close live sessions whose channel is gone; resume funding the others."""
+    async def resync(self, channels: set[str], *, resume: bool = True) -> None:
+        """Close live sessions whose channel is gone; fund the others by intervals.
+
+        With resume (after every connect), answered calls are funded one
+        interval ahead again, in one batch: lowered from their L() limit after
+        an outage, or scheduled afresh after a restart.
+        """
         async with self.db.pool.acquire() as connection:
             rows = await connection.fetch(NODE_LIVE_SESSIONS, self.node)
+        answered: list[Tracked] = []
         for row in rows:
             uniqueid = row["uniqueid"]
-            call = self.tracked.get(uniqueid) or await self._track(uniqueid)
-            if call is None:
-                continue
+            call = self.tracked.get(uniqueid) or self._track_row(row)
             if uniqueid not in channels:
                 # The channel is gone; give its settle AGI the grace period
                 # before settling from what is known.
@@ -441,14 +483,22 @@ class NodeController:
                 else:
                     self._schedule(call.hangup_at + self.grace, uniqueid, "settle")
                 continue
-            if call.answered_at is not None:
-                talked = max(0.0, self.clock() - call.answered_at)
-                funding = await self.funding.fund(
-                    uniqueid, int(talked) + self.interval, allow_lower=True
-                )
-                if funding is not None:
-                    call.funded_seconds = funding.funded_seconds
-                    await self._fund(call)
+            if resume and call.answered_at is not None and call.hangup_at is None:
+                answered.append(call)
+        if answered:
+            await self._fund_batch(answered, allow_lower=True)
+
+    def _track_row(self, row: asyncpg.Record) -> Tracked:
+        call = Tracked(
+            row["uniqueid"],
+            row["channel"] or "",
+            row["max_seconds"] or 0,
+            funded_seconds=row["funded_seconds"] or 0,
+        )
+        if row["answered_at"] is not None:
+            call.answered_at = row["answered_at"].timestamp()
+        self.tracked[call.uniqueid] = call
+        return call
 
     async def reconcile_loop(self) -> None:
         while True:
@@ -457,7 +507,9 @@ class NodeController:
                 continue
             try:
                 channels = await self.ami.core_show_channels()
-                await self.resync({m.get("Uniqueid", "") for m in channels})
+                await self.resync(
+                    {m.get("Uniqueid", "") for m in channels}, resume=False
+                )
             except (OSError, asyncpg.PostgresError, AMIError) as exc:
                 log.error("reconcile failed node=%s: %s", self.node, exc)
 

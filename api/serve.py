@@ -36,6 +36,11 @@ def register(commands: Any) -> None:
         "--no-api", action="store_true", help="do not serve the HTTP API"
     )
     parser.add_argument(
+        "--no-ami",
+        action="store_true",
+        help="skip call control for CALLGATE_NODE even if CALLGATE_AMI_URL is set",
+    )
+    parser.add_argument(
         "--seed-demo",
         action="store_true",
         help="on first start, create demo plans, accounts and API keys (printed once)",

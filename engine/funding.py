@@ -24,48 +24,50 @@ from engine.rating import Rate, Tariff
 
 log = logging.getLogger("callgate.funding")
 
-LOCK_SESSION = """
-SELECT uniqueid, node, channel, max_seconds, funded_seconds, answered_at, reserve_mode
+LOCK_SESSIONS = """
+SELECT uniqueid, node, channel, max_seconds, funded_seconds, answered_at
 FROM sessions
-WHERE uniqueid = $1 AND state = 'live'
+WHERE uniqueid = ANY($1::text[]) AND state = 'live'
+ORDER BY uniqueid
 FOR UPDATE
 """
 
-# The reservations of one session with their accounts' funds, accounts
+# The reservations of the sessions with their accounts' funds, accounts
 # locked in id order (the order authorize and settle lock them in).
 LOCK_FUNDS = """
-SELECT r.account_id, r.depth, r.prefix, r.rate, r.initblock, r.billingblock,
-       r.connect_fee, r.free_seconds, r.decimals, r.rounding, r.amount,
-       a.balance, a.credit_limit, a.billing, a.reserved AS account_reserved
+SELECT r.uniqueid, r.account_id, r.depth, r.prefix, r.rate, r.initblock,
+       r.billingblock, r.connect_fee, r.free_seconds, r.decimals, r.rounding,
+       r.amount, a.balance, a.credit_limit, a.billing, a.reserved AS account_reserved
 FROM reservations r
 JOIN accounts a ON a.id = r.account_id
-WHERE r.uniqueid = $1
-ORDER BY a.id
+WHERE r.uniqueid = ANY($1::text[])
+ORDER BY a.id, r.uniqueid
 FOR UPDATE OF a
 """
 
 MOVE_RESERVATIONS = """
-WITH x AS (
-    SELECT * FROM unnest($2::bigint[], $3::numeric[], $4::numeric[])
-        AS x (id, amount, delta)
+WITH moves AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::numeric[])
+        AS m (uniqueid, account_id, amount, delta)
 ),
 held AS (
     UPDATE accounts a
-    SET reserved = greatest(a.reserved + x.delta, 0)
-    FROM x
-    WHERE a.id = x.id
+    SET reserved = greatest(a.reserved + d.delta, 0)
+    FROM (SELECT account_id, sum(delta) AS delta FROM moves GROUP BY account_id) d
+    WHERE a.id = d.account_id
     RETURNING a.id
 ),
 rows AS (
     UPDATE reservations r
-    SET amount = x.amount
-    FROM x
-    WHERE r.uniqueid = $1 AND r.account_id = x.id
-    RETURNING r.account_id
+    SET amount = m.amount
+    FROM moves m
+    WHERE r.uniqueid = m.uniqueid AND r.account_id = m.account_id
+    RETURNING r.uniqueid
 )
-UPDATE sessions
-SET funded_seconds = $5, reserve_mode = $6
-WHERE uniqueid = $1
+UPDATE sessions s
+SET funded_seconds = f.funded, reserve_mode = f.mode
+FROM unnest($5::text[], $6::integer[], $7::text[]) AS f (uniqueid, funded, mode)
+WHERE s.uniqueid = f.uniqueid
 """
 
 MARK_ANSWERED = """
@@ -123,69 +125,109 @@ class FundingService:
         mode: str = "interval",
         allow_lower: bool = False,
     ) -> Funding | None:
-        """Reserve for target_seconds of talk, or as much as every account can pay.
+        """Fund one session; see fund_many. None when it is no longer live."""
+        results = await self.fund_many(
+            {uniqueid: target_seconds}, mode=mode, allow_lower=allow_lower
+        )
+        return results.get(uniqueid)
 
-        Never lowers what is funded unless allow_lower (used when interval
-        funding resumes after an AMI outage), and never below what the
-        reservation already covered when allow_lower is False. Returns None
-        when the session is no longer live.
+    async def fund_many(
+        self,
+        targets: dict[str, int],
+        *,
+        mode: str = "interval",
+        allow_lower: bool = False,
+    ) -> dict[str, Funding]:
+        """Reserve for each session's target talk time, or as far as the money goes.
+
+        One transaction for the whole batch: accounts shared by several
+        sessions (a reseller above many clients) are charged in turn, so the
+        batch never reserves more than an account can pay. Never lowers what
+        a session has funded unless allow_lower (used when interval funding
+        resumes after an AMI outage). Sessions no longer live are left out.
         """
+        if not targets:
+            return {}
+        uniqueids = sorted(targets)
         async with self.db.timed("fund"), self.db.transaction() as connection:
-            session = await connection.fetchrow(LOCK_SESSION, uniqueid)
-            if session is None:
-                return None
-            rows = await connection.fetch(LOCK_FUNDS, uniqueid)
-            target = max(0, min(target_seconds, session["max_seconds"]))
-            current = session["funded_seconds"] or 0
-            funded = target
-            shortfall = Decimal(0)
-            for row in rows:
-                rate, tariff = _grid(row)
-                credit = row["credit_limit"] if row["billing"] == "postpaid" else 0
-                # This session's own reservation counts as available to it.
-                available = (
-                    row["balance"] + credit - row["account_reserved"] + row["amount"]
+            sessions = {
+                row["uniqueid"]: row
+                for row in await connection.fetch(LOCK_SESSIONS, uniqueids)
+            }
+            rows = await connection.fetch(LOCK_FUNDS, list(sessions))
+            plan = _Plan(rows)
+            results: dict[str, Funding] = {}
+            for uniqueid, session in sessions.items():
+                target = max(0, min(targets[uniqueid], session["max_seconds"]))
+                current = session["funded_seconds"] or 0
+                funded, shortfall = plan.fund(uniqueid, target, current, allow_lower)
+                results[uniqueid] = Funding(
+                    uniqueid,
+                    session["channel"] or "",
+                    funded,
+                    session["max_seconds"],
+                    funded >= target,
+                    max(shortfall, Decimal(0)),
                 )
-                affordable = rating.affordable_seconds(available, rate, tariff, target)
-                if affordable is None or affordable < target:
-                    shortfall += rating.grid_cost(target, rate, tariff) - available
-                    funded = min(funded, affordable or 0)
-            if not allow_lower:
-                funded = max(funded, current)
-            amounts: list[Decimal] = []
-            deltas: list[Decimal] = []
-            for row in rows:
-                rate, tariff = _grid(row)
-                amount = (
-                    rating.grid_cost(funded, rate, tariff) if funded else Decimal(0)
-                )
-                if not allow_lower:
-                    amount = max(amount, row["amount"])
-                amounts.append(amount)
-                deltas.append(amount - row["amount"])
+            moves = plan.moves
             await connection.execute(
                 MOVE_RESERVATIONS,
-                uniqueid,
-                [row["account_id"] for row in rows],
-                amounts,
-                deltas,
-                funded,
-                mode,
+                [m[0] for m in moves],
+                [m[1] for m in moves],
+                [m[2] for m in moves],
+                [m[3] for m in moves],
+                list(results),
+                [f.funded_seconds for f in results.values()],
+                [mode] * len(results),
             )
-        complete = funded >= target
-        if not complete:
-            log.info(
-                "session funded short uniqueid=%s funded=%ss target=%ss shortfall=%s",
-                uniqueid,
-                funded,
-                target,
-                shortfall,
+        for funding in results.values():
+            if not funding.complete:
+                log.info(
+                    "session funded short uniqueid=%s funded=%ss shortfall=%s",
+                    funding.uniqueid,
+                    funding.funded_seconds,
+                    funding.shortfall,
+                )
+        return results
+
+
+class _Plan:
+    """Funds left on each locked account while a batch is being funded."""
+
+    def __init__(self, rows: list[asyncpg.Record]) -> None:
+        self.available: dict[int, Decimal] = {}
+        self.by_session: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            credit = row["credit_limit"] if row["billing"] == "postpaid" else 0
+            self.available[row["account_id"]] = (
+                row["balance"] + credit - row["account_reserved"]
             )
-        return Funding(
-            uniqueid,
-            session["channel"] or "",
-            funded,
-            session["max_seconds"],
-            complete,
-            max(shortfall, Decimal(0)),
-        )
+            self.by_session.setdefault(row["uniqueid"], []).append(row)
+        self.moves: list[tuple[str, int, Decimal, Decimal]] = []
+
+    def fund(
+        self, uniqueid: str, target: int, current: int, allow_lower: bool
+    ) -> tuple[int, Decimal]:
+        """Return the seconds funded for one session and the money missing."""
+        rows = self.by_session.get(uniqueid, [])
+        funded = target
+        shortfall = Decimal(0)
+        for row in rows:
+            rate, tariff = _grid(row)
+            # This session's own reservation counts as available to it.
+            available = self.available[row["account_id"]] + row["amount"]
+            affordable = rating.affordable_seconds(available, rate, tariff, target)
+            if affordable is None or affordable < target:
+                shortfall += rating.grid_cost(target, rate, tariff) - available
+                funded = min(funded, affordable or 0)
+        if not allow_lower:
+            funded = max(funded, current)
+        for row in rows:
+            rate, tariff = _grid(row)
+            amount = rating.grid_cost(funded, rate, tariff) if funded else Decimal(0)
+            if not allow_lower:
+                amount = max(amount, row["amount"])
+            delta = amount - row["amount"]
+            self.available[row["account_id"]] -= delta
+            self.moves.append((uniqueid, row["account_id"], amount, delta))
+        return funded, shortfall

@@ -773,11 +773,12 @@ def test_manager_user_classes() -> None:
     }
 
 
-def test_manager_binds_to_loopback() -> None:
+def test_manager_login_only_from_permitted_networks() -> None:
     general = section("manager.conf", "general")
+    user = section("manager.conf", "callgate")
     assert general.get("enabled") == "yes"
-    assert general.get("bindaddr") == "127.0.0.1"
     assert general.get("port") == "5038"
+    assert user.get("deny") == "0.0.0.0/0.0.0.0"
 
 
 def sql_table_columns(text: str, table: str) -> set[str]:

@@ -171,8 +171,12 @@ async def rig(database: Database, settings: Settings) -> AsyncIterator[Rig]:
     agi = FastAGIServer(Scripts(calls).handlers, deadline=2.0, max_sessions=200)
     await agi.start(HOST, 0)
     task = asyncio.create_task(controller.run())
-    await wait_until(lambda: controller.connected, timeout=5)
-    await status.refresh()
+
+    async def node_up() -> bool:
+        await status.refresh()
+        return status.connected(NODE)
+
+    await wait_until(node_up, timeout=5)
     try:
         yield Rig(calls, controller, status, asterisk, agi, clock, task)
     finally:
