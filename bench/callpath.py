@@ -43,8 +43,18 @@ HOST = "127.0.0.1"
 RESELLERS = 10
 CLIENTS_PER_RESELLER = 100
 # Numbers spread over the deck: UK, US, Germany, France, India mobile.
-NUMBERS = ["442079460000", "12125550100", "4930123456", "33142685300", "919812345678",
-           "447700900123", "4915112345678", "61212345678", "5511912345678", "81312345678"]
+NUMBERS = [
+    "442079460000",
+    "12125550100",
+    "4930123456",
+    "33142685300",
+    "919812345678",
+    "447700900123",
+    "4915112345678",
+    "61212345678",
+    "5511912345678",
+    "81312345678",
+]
 
 
 def env_block(script: str, uniqueid: str, sip: str, extension: str) -> bytes:
@@ -67,9 +77,22 @@ def env_block(script: str, uniqueid: str, sip: str, extension: str) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
+class SessionFailed(Exception):
+    """The daemon refused or dropped a session."""
+
+
 async def agi_session(port: int, block: bytes, variables: dict[bytes, bytes]) -> float:
     """Play Asterisk for one session; return its duration in seconds."""
     started = time.perf_counter()
+    try:
+        return await _agi_session(port, block, variables, started)
+    except (ConnectionError, OSError) as exc:
+        raise SessionFailed(str(exc)) from exc
+
+
+async def _agi_session(
+    port: int, block: bytes, variables: dict[bytes, bytes], started: float
+) -> float:
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(block)
     while True:
@@ -79,7 +102,11 @@ async def agi_session(port: int, block: bytes, variables: dict[bytes, bytes]) ->
         if line.startswith(b"GET VARIABLE "):
             name = line[13:].strip()
             value = variables.get(name)
-            writer.write(b"200 result=0\n" if value is None else b"200 result=1 (" + value + b")\n")
+            writer.write(
+                b"200 result=0\n"
+                if value is None
+                else b"200 result=1 (" + value + b")\n"
+            )
         else:
             writer.write(b"200 result=1\n")
     writer.write(b"HANGUP\n")
@@ -93,26 +120,46 @@ class Load:
         self.clients = clients
         self.sequence = 0
         self.prefix = f"{random.randrange(10**6)}"
+        self.failed = 0
 
     def next_call(self) -> tuple[str, str, str]:
         self.sequence += 1
-        return (f"{self.prefix}.{self.sequence}", random.choice(self.clients),
-                random.choice(NUMBERS))
+        return (
+            f"{self.prefix}.{self.sequence}",
+            random.choice(self.clients),
+            random.choice(NUMBERS),
+        )
 
     async def call(self) -> float:
+        """One whole call; returns the authorize latency, or -1 if it failed."""
+        try:
+            return await self._call()
+        except SessionFailed:
+            self.failed += 1
+            return -1.0
+
+    async def _call(self) -> float:
         uniqueid, sip, number = self.next_call()
-        latency = await agi_session(self.port, env_block("authorize", uniqueid, sip, number),
-                                    {})
+        latency = await agi_session(
+            self.port, env_block("authorize", uniqueid, sip, number), {}
+        )
         await agi_session(
             self.port,
             env_block("settle", uniqueid, sip, "h"),
-            {b"DIALSTATUS": b"ANSWER", b"ANSWEREDTIME": b"60", b"HANGUPCAUSE": b"16",
-             b"UNIQUEID": uniqueid.encode(), b"CALLGATE_ROUTE_INDEX": b"1"},
+            {
+                b"DIALSTATUS": b"ANSWER",
+                b"ANSWEREDTIME": b"60",
+                b"HANGUPCAUSE": b"16",
+                b"UNIQUEID": uniqueid.encode(),
+                b"CALLGATE_ROUTE_INDEX": b"1",
+            },
         )
         return latency
 
 
-async def closed_loop(work, connections: int, seconds: float) -> tuple[int, list[float]]:
+async def closed_loop(
+    work, connections: int, seconds: float
+) -> tuple[int, list[float]]:
     deadline = time.perf_counter() + seconds
     done = 0
     latencies: list[float] = []
@@ -168,14 +215,22 @@ async def seed(url: str) -> list[str]:
         await plans.add_route(connection, wholesale, trunk)
         for r in range(RESELLERS):
             reseller = await accounts.create_account(
-                connection, kind="reseller", currency="EUR", login=f"reseller{r}",
-                plan_id=wholesale, balance=Decimal(1_000_000),
+                connection,
+                kind="reseller",
+                currency="EUR",
+                login=f"reseller{r}",
+                plan_id=wholesale,
+                balance=Decimal(1_000_000),
             )
             for c in range(CLIENTS_PER_RESELLER):
                 login = f"{r + 1}{c:05d}000"
                 await accounts.create_account(
-                    connection, kind="client", currency="EUR", login=login,
-                    parent_id=reseller.id, balance=Decimal(100_000),
+                    connection,
+                    kind="client",
+                    currency="EUR",
+                    login=login,
+                    parent_id=reseller.id,
+                    balance=Decimal(100_000),
                 )
                 logins.append(login)
     await database.close()
@@ -185,23 +240,34 @@ async def seed(url: str) -> list[str]:
 async def rating_time(url: str, samples: int = 2000) -> list[float]:
     database = await db.Database.connect(url, max_size=2)
     async with database.pool.acquire() as connection:
-        plan_id = await connection.fetchval("SELECT id FROM plans WHERE name = 'wholesale'")
+        plan_id = await connection.fetchval(
+            "SELECT id FROM plans WHERE name = 'wholesale'"
+        )
         timings = []
         for _ in range(samples):
             number = random.choice(NUMBERS)[:-2] + f"{random.randrange(100):02d}"
             started = time.perf_counter()
             prefixes = rating.candidate_prefixes(rating.normalize(number))
-            row = await connection.fetchrow(FIND_RATES, [plan_id] * len(prefixes), prefixes)
-            rate = rating.Rate(row["prefix"], "", row["rate"], row["initblock"],
-                               row["billingblock"], row["connect_fee"])
+            row = await connection.fetchrow(
+                FIND_RATES, [plan_id] * len(prefixes), prefixes
+            )
+            rate = rating.Rate(
+                row["prefix"],
+                "",
+                row["rate"],
+                row["initblock"],
+                row["billingblock"],
+                row["connect_fee"],
+            )
             rating.call_cost(61, rate, rating.Tariff())
             timings.append(time.perf_counter() - started)
     await database.close()
     return timings
 
 
-async def database_baseline(url: str, clients: list[str], connections: int,
-                            seconds: float) -> float:
+async def database_baseline(
+    url: str, clients: list[str], connections: int, seconds: float
+) -> float:
     database = await db.Database.connect(url, max_size=40)
     calls = CallService(database, load_settings({"CALLGATE_DATABASE_URL": url}))
     load = Load(0, clients)
@@ -209,7 +275,9 @@ async def database_baseline(url: str, clients: list[str], connections: int,
     async def work() -> float:
         uniqueid, sip, number = load.next_call()
         started = time.perf_counter()
-        await calls.authorize(AuthorizeRequest("db" + uniqueid, f"PJSIP/{sip}-1", number))
+        await calls.authorize(
+            AuthorizeRequest("db" + uniqueid, f"PJSIP/{sip}-1", number)
+        )
         latency = time.perf_counter() - started
         await calls.settle(SettleRequest("db" + uniqueid, "ANSWER", 60, 16, 1))
         return latency
@@ -244,10 +312,19 @@ async def main() -> None:
     clients = await seed(url)
 
     port = free_port()
-    env = {**os.environ, "CALLGATE_DATABASE_URL": url, "CALLGATE_AGI_LISTEN": f"{HOST}:{port}",
-           "CALLGATE_LOG_LEVEL": "WARNING", "CALLGATE_DATA_DIR": data_dir}
-    daemon = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--no-api"],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "CALLGATE_DATABASE_URL": url,
+        "CALLGATE_AGI_LISTEN": f"{HOST}:{port}",
+        "CALLGATE_LOG_LEVEL": "WARNING",
+        "CALLGATE_DATA_DIR": data_dir,
+    }
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--no-api"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
     assert daemon.stdout is not None
     daemon.stdout.readline()
     try:
@@ -259,7 +336,9 @@ async def main() -> None:
         await closed_loop(load.call, 20, 2)  # warm up
         pings, _ = await closed_loop(ping, args.connections, args.seconds / 3)
         protocol_rate = pings / (args.seconds / 3)
-        done, closed_latencies = await closed_loop(load.call, args.connections, args.seconds)
+        done, closed_latencies = await closed_loop(
+            load.call, args.connections, args.seconds
+        )
         full_rate = done / args.seconds
         paced = await open_loop(load.call, args.rate, args.seconds)
         rss = rss_mb(daemon.pid)
@@ -272,18 +351,28 @@ async def main() -> None:
     timings = await rating_time(url)
     server.cleanup()
 
-    print(f"full calls/s (authorize+settle, {args.connections} connections, closed loop): "
-          f"{full_rate:.0f}")
-    print(f"  authorize latency in that loop: p50 {percentile(closed_latencies, 0.5) * 1e3:.1f} ms"
-          f", p99 {percentile(closed_latencies, 0.99) * 1e3:.1f} ms")
-    print(f"authorize latency at {args.rate:.0f} calls/s offered (open loop): "
-          f"p50 {percentile(paced, 0.5) * 1e3:.1f} ms, p99 {percentile(paced, 0.99) * 1e3:.1f} ms")
+    print(
+        f"full calls/s (authorize+settle, {args.connections} connections, closed loop): "
+        f"{full_rate:.0f}"
+    )
+    print(
+        f"  authorize latency in that loop: p50 {percentile(closed_latencies, 0.5) * 1e3:.1f} ms"
+        f", p99 {percentile(closed_latencies, 0.99) * 1e3:.1f} ms"
+    )
+    print(
+        f"authorize latency at {args.rate:.0f} calls/s offered (open loop): "
+        f"p50 {percentile(paced, 0.5) * 1e3:.1f} ms, p99 {percentile(paced, 0.99) * 1e3:.1f} ms"
+    )
     print(f"daemon RSS: {rss:.0f} MB")
-    print(f"FastAGI protocol-only baseline (ping script): {protocol_rate:.0f} sessions/s")
+    print(
+        f"FastAGI protocol-only baseline (ping script): {protocol_rate:.0f} sessions/s"
+    )
     print(f"database baseline (same transactions from asyncpg): {baseline:.0f} calls/s")
     print(f"ratio to database baseline: {full_rate / baseline:.2f}")
-    print(f"rating on the world deck: p50 {statistics.median(timings) * 1e3:.3f} ms, "
-          f"p99 {percentile(timings, 0.99) * 1e3:.3f} ms")
+    print(
+        f"rating on the world deck: p50 {statistics.median(timings) * 1e3:.3f} ms, "
+        f"p99 {percentile(timings, 0.99) * 1e3:.3f} ms"
+    )
 
 
 if __name__ == "__main__":
