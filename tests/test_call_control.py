@@ -80,13 +80,6 @@ class FakeAsterisk:
             if not writer.is_closing():
                 writer.write(frame(**headers))
 
-    def cut_links(self) -> None:
-        """Drop every AMI link in the middle of a frame."""
-        for writer in self.writers:
-            writer.write(b"Event: Newstate\r\nPrivilege: ca")
-            writer.close()
-        self.writers.clear()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.writers.append(writer)
         writer.write(b"Asterisk Call Manager/11.0.0\r\n")
@@ -110,38 +103,125 @@ class FakeAsterisk:
         self.actions.append(action)
         if name == "login":
             self.logins += 1
-            writer.write(frame(Response="Success", ActionID=action_id,
-                               Message="Authentication accepted"))
-            writer.write(frame(Event="FullyBooted", Privilege="system,all",
-                               Status="Fully Booted"))
+            writer.write(
+                frame(
+                    Response="Success",
+                    ActionID=action_id,
+                    Message="Authentication accepted",
+                )
+            )
+            writer.write(
+                frame(
+                    Event="FullyBooted", Privilege="system,all", Status="Fully Booted"
+                )
+            )
         elif name == "ping":
-            writer.write(frame(Response="Success", ActionID=action_id, Ping="Pong",
-                               Timestamp=f"{time.time():.6f}"))
+            writer.write(
+                frame(
+                    Response="Success",
+                    ActionID=action_id,
+                    Ping="Pong",
+                    Timestamp=f"{time.time():.6f}",
+                )
+            )
         elif name == "coreshowchannels":
-            writer.write(frame(Response="Success", ActionID=action_id,
-                               EventList="start", Message="Channels will follow"))
+            writer.write(
+                frame(
+                    Response="Success",
+                    ActionID=action_id,
+                    EventList="start",
+                    Message="Channels will follow",
+                )
+            )
             for uniqueid, channel in self.channels.items():
-                writer.write(frame(Event="CoreShowChannel", ActionID=action_id,
-                                   Channel=channel, Uniqueid=uniqueid, Linkedid=uniqueid,
-                                   ChannelState="6", ChannelStateDesc="Up"))
-            writer.write(frame(Event="CoreShowChannelsComplete", ActionID=action_id,
-                               EventList="Complete", ListItems=str(len(self.channels))))
+                writer.write(
+                    frame(
+                        Event="CoreShowChannel",
+                        ActionID=action_id,
+                        Channel=channel,
+                        Uniqueid=uniqueid,
+                        Linkedid=uniqueid,
+                        ChannelState="6",
+                        ChannelStateDesc="Up",
+                    )
+                )
+            writer.write(
+                frame(
+                    Event="CoreShowChannelsComplete",
+                    ActionID=action_id,
+                    EventList="Complete",
+                    ListItems=str(len(self.channels)),
+                )
+            )
         elif name == "hangup":
             channel = action.get("Channel", "")
             known = channel in self.channels.values()
-            writer.write(frame(
-                Response="Success" if known else "Error", ActionID=action_id,
-                Message="Channel Hungup" if known else "No such channel",
-            ))
+            writer.write(
+                frame(
+                    Response="Success" if known else "Error",
+                    ActionID=action_id,
+                    Message="Channel Hungup" if known else "No such channel",
+                )
+            )
             if known:
                 self.hangups.append((channel, self.clock()))
                 if self.on_hangup is not None:
                     self.on_hangup(channel)
         elif name == "logoff":
-            writer.write(frame(Response="Goodbye", ActionID=action_id,
-                               Message="Thanks for all the fish."))
+            writer.write(
+                frame(
+                    Response="Goodbye",
+                    ActionID=action_id,
+                    Message="Thanks for all the fish.",
+                )
+            )
         else:
             writer.write(frame(Response="Success", ActionID=action_id))
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in front of the AMI server that can cut its links."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, HOST, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+        self.links.append((writer, up_writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer),
+            self._pipe(up_reader, writer),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def cut(self) -> None:
+        """Deliver half a frame to callgate, then drop every link."""
+        for client, upstream in self.links:
+            client.write(b"Event: Newstate\r\nPrivilege: ca")
+            client.transport.abort()
+            upstream.transport.abort()
+        self.links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 @dataclass
@@ -153,21 +233,28 @@ class Rig:
     agi: FastAGIServer
     clock: ScaledClock
     task: asyncio.Task[None]
+    proxy: CuttingProxy
 
 
 @pytest.fixture
 async def rig(database: Database, settings: Settings) -> AsyncIterator[Rig]:
     clock = ScaledClock()
     asterisk = FakeAsterisk(clock=clock)
-    port = await asterisk.start()
+    proxy = CuttingProxy(await asterisk.start())
+    port = await proxy.start()
     settings = settings.replace(
-        ami_url=f"ami://callgate:secret@{HOST}:{port}", node=NODE, debit_interval=5,
-        hangup_margin=1.0, settle_grace=2.0, hangup_removed_endpoints=True,
+        ami_url=f"ami://callgate:secret@{HOST}:{port}",
+        node=NODE,
+        debit_interval=5,
+        hangup_margin=1.0,
+        settle_grace=2.0,
+        hangup_removed_endpoints=True,
     )
     status = NodeStatus(database)
     calls = CallService(database, settings, interval_mode=status.connected)
-    controller = NodeController(database, settings, calls, NODE, clock=clock,
-                                time_scale=SCALE)
+    controller = NodeController(
+        database, settings, calls, NODE, clock=clock, time_scale=SCALE
+    )
     agi = FastAGIServer(Scripts(calls).handlers, deadline=2.0, max_sessions=200)
     await agi.start(HOST, 0)
     task = asyncio.create_task(controller.run())
@@ -178,12 +265,13 @@ async def rig(database: Database, settings: Settings) -> AsyncIterator[Rig]:
 
     await wait_until(node_up, timeout=5)
     try:
-        yield Rig(calls, controller, status, asterisk, agi, clock, task)
+        yield Rig(calls, controller, status, asterisk, agi, clock, task, proxy)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await agi.close()
+        await proxy.close()
         await asterisk.close()
 
 
@@ -214,18 +302,31 @@ async def talk(rig: Rig, uniqueid: str, channel: str, longest: float) -> int:
     rig.asterisk.on_hangup = hung_up
     rig.asterisk.emit(Event="DialBegin", Channel=channel, Uniqueid=uniqueid)
     answered_at = rig.clock()
-    rig.asterisk.emit(Event="DialEnd", Channel=channel, Uniqueid=uniqueid,
-                      DialStatus="ANSWER", Timestamp=f"{answered_at:.6f}")
+    rig.asterisk.emit(
+        Event="DialEnd",
+        Channel=channel,
+        Uniqueid=uniqueid,
+        DialStatus="ANSWER",
+        Timestamp=f"{answered_at:.6f}",
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(cut.wait(), timeout=longest / SCALE)
     answered = int(rig.clock() - answered_at)
     rig.asterisk.channels.pop(uniqueid, None)
     rig.asterisk.emit(Event="Hangup", Channel=channel, Uniqueid=uniqueid, Cause="16")
     env = build_env("settle", uniqueid, channel, "h")
-    await run_agi_session(HOST, rig.agi.port, env=env, variables={
-        "DIALSTATUS": "ANSWER", "ANSWEREDTIME": str(answered), "HANGUPCAUSE": "16",
-        "UNIQUEID": uniqueid, "CALLGATE_ROUTE_INDEX": "1",
-    })
+    await run_agi_session(
+        HOST,
+        rig.agi.port,
+        env=env,
+        variables={
+            "DIALSTATUS": "ANSWER",
+            "ANSWEREDTIME": str(answered),
+            "HANGUPCAUSE": "16",
+            "UNIQUEID": uniqueid,
+            "CALLGATE_ROUTE_INDEX": "1",
+        },
+    )
     return answered
 
 
@@ -284,12 +385,17 @@ async def test_outage_raises_to_limit_then_resync(world: World, rig: Rig):
     max_seconds = int(variables["CALLGATE_MAX_MS"]) // 1000
     rig.asterisk.channels[uniqueid] = channel
     rig.asterisk.emit(Event="DialBegin", Channel=channel, Uniqueid=uniqueid)
-    rig.asterisk.emit(Event="DialEnd", Channel=channel, Uniqueid=uniqueid,
-                      DialStatus="ANSWER", Timestamp=f"{rig.clock():.6f}")
+    rig.asterisk.emit(
+        Event="DialEnd",
+        Channel=channel,
+        Uniqueid=uniqueid,
+        DialStatus="ANSWER",
+        Timestamp=f"{rig.clock():.6f}",
+    )
     await wait_until(lambda: _reserved(world, "alice", lambda r: r > 0), timeout=3)
     interval_hold = await world.reserved("alice")
 
-    rig.asterisk.cut_links()
+    rig.proxy.cut()
     await wait_until(lambda: not rig.controller.connected, timeout=3)
     await wait_until(
         lambda: _reserved(world, "alice", lambda r: r >= Decimal("0.01") * max_seconds),
@@ -297,8 +403,9 @@ async def test_outage_raises_to_limit_then_resync(world: World, rig: Rig):
     )
     # The channel ends while AMI is down; resync must close the session.
     rig.asterisk.channels.pop(uniqueid)
-    await wait_until(lambda: rig.controller.connected and rig.asterisk.logins >= 2,
-                     timeout=10)
+    await wait_until(
+        lambda: rig.controller.connected and rig.asterisk.logins >= 2, timeout=10
+    )
     await wait_until(lambda: _reserved(world, "alice", lambda r: r == 0), timeout=10)
 
     assert interval_hold < Decimal("0.01") * max_seconds
@@ -329,8 +436,9 @@ async def test_controller_restart_settles_each_call_once(
     with contextlib.suppress(asyncio.CancelledError):
         await rig.task
     assert not old.connected
-    replacement = NodeController(database, old.settings, rig.calls, NODE, clock=rig.clock,
-                                 time_scale=SCALE)
+    replacement = NodeController(
+        database, old.settings, rig.calls, NODE, clock=rig.clock, time_scale=SCALE
+    )
     task = asyncio.create_task(replacement.run())
     try:
         talked = await asyncio.gather(*talks)
@@ -359,7 +467,9 @@ async def test_sip_changes_expire_asterisk_caches(world: World, rig: Rig):
     await world.client("alice", "retail", "10")
 
     await wait_until(
-        lambda: _sent(rig, "SorceryMemoryCacheExpireObject", Cache="ep", Object="alice"),
+        lambda: _sent(
+            rig, "SorceryMemoryCacheExpireObject", Cache="ep", Object="alice"
+        ),
         timeout=3,
     )
     async with world.db.transaction() as connection:
@@ -371,7 +481,8 @@ async def test_sip_changes_expire_asterisk_caches(world: World, rig: Rig):
             INSERT INTO sip_accounts (account_id, name, kind, parent_sip_id, ip, port)
             VALUES ($1, 'alice_ipa1', 'ipauth', $2, '203.0.113.10', 5060)
             """,
-            world.accounts["alice"], main_id,
+            world.accounts["alice"],
+            main_id,
         )
     await wait_until(
         lambda: _sent(rig, "SorceryMemoryCachePopulate", Cache="ident"), timeout=3
@@ -384,5 +495,9 @@ async def test_sip_changes_expire_asterisk_caches(world: World, rig: Rig):
     await wait_until(
         lambda: _sent(rig, "Hangup", Channel="/^PJSIP/alice_ipa1-/"), timeout=3
     )
-    assert _sent(rig, "SorceryMemoryCacheExpireObject", Cache="aor", Object="alice_ipa1")
-    assert _sent(rig, "SorceryMemoryCacheExpireObject", Cache="auth", Object="alice_ipa1")
+    assert _sent(
+        rig, "SorceryMemoryCacheExpireObject", Cache="aor", Object="alice_ipa1"
+    )
+    assert _sent(
+        rig, "SorceryMemoryCacheExpireObject", Cache="auth", Object="alice_ipa1"
+    )
