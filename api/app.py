@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -89,6 +90,11 @@ def create_app(
     app[OPENAPI_KEY] = json.dumps(openapi.build_document(apis), indent=1).encode()
     for api in apis:
         http.mount(app, api)
+        # Routes outside the ?endpoint= framework (the SMS delivery reports,
+        # signed by the provider instead of an API key) come with their API.
+        add_routes = getattr(sys.modules.get(f"api.{api.name}"), "add_routes", None)
+        if add_routes is not None:
+            add_routes(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_document)
     app.cleanup_ctx.append(_clean_counters)

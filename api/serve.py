@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
@@ -20,6 +21,7 @@ from agi.scripts import Scripts
 from engine import accounts, db, demo, metrics
 from engine.calls import CallService
 from engine.errors import CallgateError
+from engine.jobs import run_sms_queue
 from engine.settings import Settings
 
 log = logging.getLogger("callgate.serve")
@@ -200,8 +202,17 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
                 expiry_loop(calls, database, settings.expiry_interval), name="expiry"
             )
         )
+        # Scheduled and bulk SMS: every daemon runs a worker; SKIP LOCKED
+        # claims make each message go out once.
+        sms_queue = asyncio.create_task(
+            run_sms_queue(database, settings, stop), name="sms-queue"
+        )
+        background.append(sms_queue)
         await _wait_stop(stop, background)
         log.info("callgate stopping")
+        # The queue returns by itself once stop is set, closing its providers.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sms_queue), timeout=10)
     finally:
         for task in background:
             task.cancel()

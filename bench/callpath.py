@@ -69,7 +69,7 @@ def env_block(script: str, uniqueid: str, sip: str, extension: str) -> bytes:
         "agi_version: 22.10.1",
         "agi_callerid: unknown",
         "agi_calleridname: unknown",
-        f"agi_context: callgate-outbound",
+        "agi_context: callgate-outbound",
         f"agi_extension: {extension}",
         "agi_priority: 1",
         "agi_accountcode: ",
@@ -336,11 +336,14 @@ async def main() -> None:
         await closed_loop(load.call, 20, 2)  # warm up
         pings, _ = await closed_loop(ping, args.connections, args.seconds / 3)
         protocol_rate = pings / (args.seconds / 3)
-        done, closed_latencies = await closed_loop(
-            load.call, args.connections, args.seconds
-        )
-        full_rate = done / args.seconds
+        load.failed = 0
+        done, closed = await closed_loop(load.call, args.connections, args.seconds)
+        closed_failed = load.failed
+        full_rate = (done - closed_failed) / args.seconds
+        await asyncio.sleep(3)  # let the daemon drain before the paced run
+        load.failed = 0
         paced = await open_loop(load.call, args.rate, args.seconds)
+        paced_failed = load.failed
         rss = rss_mb(daemon.pid)
     finally:
         daemon.terminate()
@@ -350,18 +353,52 @@ async def main() -> None:
     baseline = await database_baseline(url, clients, args.connections, args.seconds)
     timings = await rating_time(url)
     server.cleanup()
+    report(
+        args,
+        full_rate,
+        closed,
+        closed_failed,
+        paced,
+        paced_failed,
+        rss,
+        protocol_rate,
+        baseline,
+        timings,
+    )
 
+
+def milliseconds(values: list[float], fraction: float) -> str:
+    succeeded = [value for value in values if value >= 0]
+    if not succeeded:
+        return "n/a"
+    return f"{percentile(succeeded, fraction) * 1e3:.1f} ms"
+
+
+def report(
+    args: argparse.Namespace,
+    full_rate: float,
+    closed: list[float],
+    closed_failed: int,
+    paced: list[float],
+    paced_failed: int,
+    rss: float,
+    protocol_rate: float,
+    baseline: float,
+    timings: list[float],
+) -> None:
+    loop = f"{args.connections} connections, closed loop"
     print(
-        f"full calls/s (authorize+settle, {args.connections} connections, closed loop): "
-        f"{full_rate:.0f}"
+        f"full calls/s (authorize+settle, {loop}): {full_rate:.0f}"
+        f" ({closed_failed} failed)"
     )
     print(
-        f"  authorize latency in that loop: p50 {percentile(closed_latencies, 0.5) * 1e3:.1f} ms"
-        f", p99 {percentile(closed_latencies, 0.99) * 1e3:.1f} ms"
+        f"  authorize latency in that loop: p50 {milliseconds(closed, 0.5)},"
+        f" p99 {milliseconds(closed, 0.99)}"
     )
     print(
-        f"authorize latency at {args.rate:.0f} calls/s offered (open loop): "
-        f"p50 {percentile(paced, 0.5) * 1e3:.1f} ms, p99 {percentile(paced, 0.99) * 1e3:.1f} ms"
+        f"authorize latency at {args.rate:.0f} calls/s offered (open loop):"
+        f" p50 {milliseconds(paced, 0.5)}, p99 {milliseconds(paced, 0.99)}"
+        f" ({paced_failed} failed)"
     )
     print(f"daemon RSS: {rss:.0f} MB")
     print(
@@ -369,10 +406,9 @@ async def main() -> None:
     )
     print(f"database baseline (same transactions from asyncpg): {baseline:.0f} calls/s")
     print(f"ratio to database baseline: {full_rate / baseline:.2f}")
-    print(
-        f"rating on the world deck: p50 {statistics.median(timings) * 1e3:.3f} ms, "
-        f"p99 {percentile(timings, 0.99) * 1e3:.3f} ms"
-    )
+    rating_p50 = statistics.median(timings) * 1e3
+    rating_p99 = percentile(timings, 0.99) * 1e3
+    print(f"rating on the world deck: p50 {rating_p50:.3f} ms, p99 {rating_p99:.3f} ms")
 
 
 if __name__ == "__main__":

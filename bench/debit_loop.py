@@ -63,13 +63,15 @@ async def main() -> None:
 
     asterisk = FakeAsterisk()
     port = await asterisk.start()
-    settings = load_settings({
-        "CALLGATE_DATABASE_URL": url,
-        "CALLGATE_AMI_URL": f"ami://callgate:secret@127.0.0.1:{port}",
-        "CALLGATE_NODE": NODE,
-        "CALLGATE_DEBIT_INTERVAL": str(args.interval),
-        "CALLGATE_LOG_LEVEL": "WARNING",
-    })
+    settings = load_settings(
+        {
+            "CALLGATE_DATABASE_URL": url,
+            "CALLGATE_AMI_URL": f"ami://callgate:secret@127.0.0.1:{port}",
+            "CALLGATE_NODE": NODE,
+            "CALLGATE_DEBIT_INTERVAL": str(args.interval),
+            "CALLGATE_LOG_LEVEL": "WARNING",
+        }
+    )
     database = await db.Database.connect(url, max_size=20)
     status = NodeStatus(database)
     calls = CallService(database, settings, interval_mode=status.connected)
@@ -97,8 +99,13 @@ async def main() -> None:
     for uniqueid, channel in uniqueids:
         asterisk.channels[uniqueid] = channel
         asterisk.emit(Event="DialBegin", Channel=channel, Uniqueid=uniqueid)
-        asterisk.emit(Event="DialEnd", Channel=channel, Uniqueid=uniqueid,
-                      DialStatus="ANSWER", Timestamp=f"{time.time():.6f}")
+        asterisk.emit(
+            Event="DialEnd",
+            Channel=channel,
+            Uniqueid=uniqueid,
+            DialStatus="ANSWER",
+            Timestamp=f"{time.time():.6f}",
+        )
     while sum(c.answered_at is not None for c in controller.tracked.values()) < len(
         uniqueids
     ):
@@ -115,12 +122,16 @@ async def main() -> None:
 
     async with database.pool.acquire() as connection:
         funded = await connection.fetchval(
-            "SELECT count(*) FROM sessions WHERE state = 'live' AND funded_seconds > $1",
+            "SELECT count(*) FROM sessions"
+            " WHERE state = 'live' AND funded_seconds > $1",
             args.interval,
         )
     print(f"live answered sessions: {len(uniqueids)}, debit interval {args.interval} s")
     print(f"sessions funded past their first interval: {funded}")
-    print(f"controller process CPU: {100 * cpu / wall:.1f} % of one core over {wall:.0f} s")
+    print(
+        f"controller process CPU: {100 * cpu / wall:.1f} % of one core"
+        f" over {wall:.0f} s"
+    )
     print(f"controller process RSS: {rss_mb():.0f} MB")
 
     control.cancel()

@@ -45,7 +45,7 @@ WHERE a.id = x.id
 
 @dataclass(frozen=True)
 class Charge:
-    """What one account of the chain pays: depth 0 is the buyer."""
+    """One account's share of a purchase; depth 0 is the buyer."""
 
     account_id: int
     depth: int

@@ -1,13 +1,14 @@
 """SMS resale: segments, pricing, scheduling and the life of one message.
 
-A message is priced per segment for every account of the chain (the client
-at its plan's price, each reseller above at its own plan's), reserved on all
-of them in one transaction under row locks, then handed to the provider
-outside any transaction. The provider's answer decides the money: accepted
-debits each account once through the ledger, refused releases the
-reservation and marks the message FAILED, and an unknown outcome (timeout,
-5xx) leaves it PENDING with the reservation held until a status check or a
-delivery report settles it.
+A message is priced per segment for every account of the chain: the client
+pays its plan's price and each reseller above pays its own plan's. The price
+is reserved on all of them in one transaction under row locks, and the
+message is then handed to the provider outside any transaction.
+
+The provider's response decides the money. Accepted debits each account once
+through the ledger, and refused releases the reservation and marks the
+message FAILED. An unknown outcome (timeout, 5xx) leaves it PENDING with the
+reservation held until a status check or a delivery report settles it.
 
 Status words: SCHEDULED and QUEUED wait for the queue (engine.jobs), SENDING
 is being handed off, PENDING has an unknown hand-off outcome,
@@ -33,9 +34,9 @@ from engine import charges, metrics
 from engine.callerids import check_e164
 from engine.charges import Charge
 from engine.db import Database
-from engine.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
+from engine.errors import Conflict, InvalidInput, NotFound
 from engine.providers import sms_providers
-from engine.providers.base import OutgoingSms, Outcome, SmsProvider, SmsResult
+from engine.providers.base import Outcome, OutgoingSms, SmsProvider, SmsResult
 from engine.rating import candidate_prefixes
 from engine.settings import Settings
 
@@ -67,6 +68,8 @@ SENDER_WARNING = "Sender ID / Caller ID is not guaranteed."
 REFERENCE_PREFIX = "callgate-sms-"
 
 DELIVERED_WORDS = frozenset({"delivered"})
+# Report words that mean the provider never took the message.
+REFUSED_REPORTS = frozenset({"rejected", "refused", "invalid"})
 UNDELIVERED_WORDS = frozenset({"undelivered", "failed", "expired"})
 
 
@@ -209,7 +212,9 @@ def parse_scheduled_at(value: str, zone: ZoneInfo, now: datetime) -> Schedule:
         raise InvalidInput("scheduled_at", value, f"{expected}; this time is past")
     if instant > now + MAX_SCHEDULE_AHEAD:
         raise InvalidInput(
-            "scheduled_at", value, f"a time at most {MAX_SCHEDULE_AHEAD.days} days ahead"
+            "scheduled_at",
+            value,
+            f"a time at most {MAX_SCHEDULE_AHEAD.days} days ahead",
         )
     local_time = instant.astimezone(zone)
     return Schedule(instant, format_offset(local_time.utcoffset()), local_time)
@@ -357,7 +362,7 @@ class PriceList:
             members.append(ChainMember(account_id, depth, plan_id, rates))
         return cls(provider, members)
 
-    def price(self, phone: str, segments: int) -> Priced:
+    def price(self, phone: str, segments: int, field: str = "phone") -> Priced:
         """Price a message to phone on every account; raise InvalidInput if unrated."""
         digits = phone.lstrip("+")
         found: list[Charge] = []
@@ -366,14 +371,16 @@ class PriceList:
             prefix = _longest_prefix(digits, member.rates)
             if prefix is None:
                 raise InvalidInput(
-                    "phone",
+                    field,
                     phone,
                     f"a destination with an SMS rate on provider {self.provider}",
                 )
             if member.depth == 0:
                 client_prefix = prefix
             amount = member.rates[prefix].price * segments
-            found.append(Charge(member.account_id, member.depth, amount, member.plan_id))
+            found.append(
+                Charge(member.account_id, member.depth, amount, member.plan_id)
+            )
         return Priced(phone, client_prefix, tuple(found))
 
 
@@ -408,6 +415,10 @@ RETURNING *
 
 LOCK_MESSAGE = """
 SELECT * FROM sms_messages WHERE id = $1 FOR UPDATE
+"""
+
+GET_MESSAGE = """
+SELECT * FROM sms_messages WHERE id = $1
 """
 
 LOCK_OWN_SCHEDULED = """
@@ -482,7 +493,7 @@ SELECT balance FROM accounts WHERE id = $1
 
 @dataclass(frozen=True)
 class SmsRequest:
-    """What a caller asks to send, before validation."""
+    """A send request, before validation."""
 
     phone: str
     message: str
@@ -542,18 +553,20 @@ class Transition:
 def next_state(
     row: asyncpg.Record | dict[str, object], result: SmsResult, source: HandOff
 ) -> Transition | None:
-    """Return what a provider result does to a message, or None for nothing.
+    """Return the change a provider result makes to a message, or None.
 
     Only a message with its reservation held (SENDING or PENDING) can be
-    charged or released; on one already settled a report only moves the
-    status forward, and the money stays as it is.
+    charged or released. On a settled message a report only moves the status
+    forward, and the money stays as it is.
     """
     status = Status(str(row["status"]))
     money = str(row["money"])
     if status in (Status.SCHEDULED, Status.QUEUED, Status.CANCELLED):
         return None
 
-    def to(new_status: Status, new_money: str, due_at: datetime | None = None) -> Transition:
+    def to(
+        new_status: Status, new_money: str, due_at: datetime | None = None
+    ) -> Transition:
         provider_id = result.provider_message_id or row["provider_message_id"]
         return Transition(
             new_status,
@@ -565,6 +578,8 @@ def next_state(
         )
 
     if money != "reserved":
+        # NOTE: a message released after the provider denied knowing it (404)
+        # and delivered later stays uncharged; only its status moves.
         if result.outcome is Outcome.ACCEPTED:
             new_status = accepted_status(result.provider_status)
         elif result.outcome is Outcome.REFUSED:
@@ -587,3 +602,590 @@ def next_state(
         waiting = Status.QUEUED if row["campaign_id"] is not None else Status.SCHEDULED
         return to(waiting, "reserved", datetime.now(UTC) + RETRY_DELAY * attempts)
     return to(Status.FAILED, "released")
+
+
+def _charges_of(rows: Sequence[asyncpg.Record]) -> list[Charge]:
+    return [
+        Charge(row["account_id"], row["depth"], row["amount"], row.get("plan_id"))
+        for row in rows
+    ]
+
+
+def _counted(row: asyncpg.Record) -> None:
+    metrics.sms_messages.labels(row["provider"], row["status"]).inc()
+
+
+class SmsService:
+    """Send, schedule, queue, cancel and settle SMS for client accounts.
+
+    Every method takes the id of the client the message is for, which the API
+    resolves from the key (a client's own, or a reseller's client_login). A
+    message of another client raises NotFound.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        providers: dict[str, SmsProvider] | None = None,
+    ) -> None:
+        self.db = database
+        self.settings = settings
+        self.providers = sms_providers(settings) if providers is None else providers
+        self.zone = ZoneInfo(settings.timezone)
+
+    def provider(self, code: str | None) -> SmsProvider:
+        """Return the provider of a code, the default one for None."""
+        if not self.providers:
+            raise InvalidInput(
+                "provider", code, "a configured provider; this server has none"
+            )
+        if code is None:
+            return next(iter(self.providers.values()))
+        provider = self.providers.get(code)
+        if provider is None:
+            raise InvalidInput("provider", code, "one of: " + ", ".join(self.providers))
+        return provider
+
+    async def _draft(
+        self,
+        connection: asyncpg.Connection,
+        client_id: int,
+        message: str,
+        provider_code: str | None,
+        sender_id: str | None,
+    ) -> Draft:
+        provider = self.provider(provider_code)
+        sender = check_sender_id(sender_id)
+        segments = check_message(message)
+        prices = await PriceList.load(connection, client_id, provider.code)
+        tenant_id = await connection.fetchval(
+            "SELECT tenant_id FROM accounts WHERE id = $1", client_id
+        )
+        return Draft(provider, sender, message, segments, prices, tenant_id)
+
+    async def _store(
+        self,
+        connection: asyncpg.Connection,
+        client_id: int,
+        draft: Draft,
+        priced: Sequence[Priced],
+        status: Status,
+        due_at: datetime | None,
+        scheduled_at: datetime | None,
+        campaign_id: int | None = None,
+    ) -> list[asyncpg.Record]:
+        """Insert messages with their charges; the caller has reserved them."""
+        rows = await connection.fetch(
+            INSERT_MESSAGES,
+            client_id,
+            draft.tenant_id,
+            campaign_id,
+            draft.provider.code,
+            draft.sender_id,
+            draft.text,
+            draft.segments.encoding,
+            draft.segments.count,
+            str(status),
+            due_at,
+            scheduled_at,
+            [item.phone for item in priced],
+            [item.prefix for item in priced],
+            [item.price for item in priced],
+        )
+        by_phone = {row["phone"]: row["id"] for row in rows}
+        flat = [(by_phone[item.phone], c) for item in priced for c in item.charges]
+        await connection.execute(
+            INSERT_CHARGES,
+            [message_id for message_id, _ in flat],
+            [c.account_id for _, c in flat],
+            [c.depth for _, c in flat],
+            [c.plan_id for _, c in flat],
+            [c.amount for _, c in flat],
+        )
+        for row in rows:
+            _counted(row)
+        return list(rows)
+
+    async def _reserve(
+        self, connection: asyncpg.Connection, priced: Sequence[Priced]
+    ) -> None:
+        all_charges = [c for item in priced for c in item.charges]
+        chain_ids = sorted({c.account_id for c in all_charges})
+        locked = await charges.lock_chain(connection, chain_ids)
+        await charges.reserve(connection, locked, all_charges)
+
+    async def send(self, client_id: int, request: SmsRequest) -> Sent:
+        """Reserve, hand one message to the provider now and settle its money.
+
+        Raises InvalidInput for a bad field and InsufficientFunds when an
+        account of the chain cannot pay. A provider refusal returns the
+        message FAILED, and a timeout returns it PENDING.
+        """
+        number = check_e164("phone", request.phone)
+        async with self.db.pool.acquire() as connection:
+            draft = await self._draft(
+                connection,
+                client_id,
+                request.message,
+                request.provider,
+                request.sender_id,
+            )
+            priced = draft.prices.price(number.number, draft.segments.count)
+            async with connection.transaction():
+                await self._reserve(connection, [priced])
+                (row,) = await self._store(
+                    connection, client_id, draft, [priced], Status.SENDING, None, None
+                )
+        # The hand-off and its settlement run to the end even if the request
+        # is cancelled, so a reservation is never left without an outcome.
+        settled = await asyncio.shield(
+            self.hand_off(draft.provider, row, HandOff.DIRECT)
+        )
+        return Sent(settled, await self.balance(client_id), number.warning)
+
+    async def hand_off(
+        self, provider: SmsProvider, row: asyncpg.Record, source: HandOff
+    ) -> asyncpg.Record:
+        """Give a stored message to its provider and apply the result."""
+        outgoing = OutgoingSms(
+            reference_of(row["id"]),
+            row["phone"],
+            row["sender_id"],
+            row["message"],
+            row["encoding"],
+            row["segments"],
+        )
+        result = await provider.send(outgoing)
+        return await self.apply_result(row["id"], result, source)
+
+    async def apply_result(
+        self, message_id: int, result: SmsResult, source: HandOff
+    ) -> asyncpg.Record:
+        """Apply a provider result to a message: charge, release or wait."""
+        async with self.db.transaction() as connection:
+            row = await connection.fetchrow(LOCK_MESSAGE, message_id)
+            if row is None:
+                raise NotFound(f"SMS {message_id} not found")
+            change = next_state(row, result, source)
+            if change is None:
+                return row
+            if change.money != row["money"]:
+                await self._settle_money(connection, row, change)
+            updated = await connection.fetchrow(
+                UPDATE_MESSAGE,
+                message_id,
+                str(change.status),
+                change.money,
+                change.provider_message_id,
+                change.provider_status,
+                change.error,
+                change.due_at,
+            )
+        if updated["status"] != row["status"]:
+            _counted(updated)
+            log.info(
+                "sms status id=%s provider=%s %s -> %s money=%s source=%s error=%s",
+                message_id,
+                row["provider"],
+                row["status"],
+                updated["status"],
+                updated["money"],
+                source,
+                change.error or "-",
+            )
+        return updated
+
+    async def _settle_money(
+        self, connection: asyncpg.Connection, row: asyncpg.Record, change: Transition
+    ) -> None:
+        chain = _charges_of(await connection.fetch(MESSAGE_CHARGES, row["id"]))
+        await charges.lock_chain(connection, [c.account_id for c in chain])
+        if change.money == "charged":
+            await charges.debit(
+                connection,
+                chain,
+                "sms",
+                reference=reference_of(row["id"]),
+                provider=row["provider"],
+                provider_txid=change.provider_message_id,
+            )
+        else:
+            await charges.release(connection, chain)
+
+    async def balance(self, account_id: int) -> Decimal:
+        async with self.db.pool.acquire() as connection:
+            value: Decimal = await connection.fetchval(BALANCE, account_id)
+        return value
+
+    async def schedule(
+        self, client_id: int, request: SmsRequest, scheduled_at: str
+    ) -> ScheduledMessage:
+        """Reserve a message now and queue it for its time."""
+        when = parse_scheduled_at(scheduled_at, self.zone, datetime.now(UTC))
+        number = check_e164("phone", request.phone)
+        async with self.db.pool.acquire() as connection:
+            draft = await self._draft(
+                connection,
+                client_id,
+                request.message,
+                request.provider,
+                request.sender_id,
+            )
+            priced = draft.prices.price(number.number, draft.segments.count)
+            async with connection.transaction():
+                await self._reserve(connection, [priced])
+                (row,) = await self._store(
+                    connection,
+                    client_id,
+                    draft,
+                    [priced],
+                    Status.SCHEDULED,
+                    when.at,
+                    when.at,
+                )
+        log.info("sms scheduled id=%s at=%s", row["id"], when.at.isoformat())
+        return ScheduledMessage(row, when, number.warning)
+
+    async def cancel_scheduled(self, client_id: int, message_id: int) -> asyncpg.Record:
+        """Cancel a SCHEDULED message and release its reservation."""
+        async with self.db.transaction() as connection:
+            row = await connection.fetchrow(LOCK_OWN_SCHEDULED, message_id, client_id)
+            if row is None:
+                raise NotFound(f"scheduled SMS {message_id} not found")
+            if row["status"] != Status.SCHEDULED:
+                raise Conflict(
+                    f"scheduled SMS {message_id} is {row['status']}: only a "
+                    "SCHEDULED message can be cancelled"
+                )
+            chain = _charges_of(await connection.fetch(MESSAGE_CHARGES, message_id))
+            await charges.lock_chain(connection, [c.account_id for c in chain])
+            await charges.release(connection, chain)
+            cancelled = await connection.fetchrow(CANCEL_MESSAGE, message_id)
+        _counted(cancelled)
+        log.info("sms cancelled id=%s", message_id)
+        return cancelled
+
+    async def bulk(
+        self,
+        client_id: int,
+        phones: Sequence[object],
+        message: str,
+        provider_code: str | None,
+        sender_id: str | None,
+        scheduled_at: str | None,
+    ) -> CampaignCreated:
+        """Validate every phone, drop duplicates, reserve all and queue a campaign."""
+        now = datetime.now(UTC)
+        when = (
+            parse_scheduled_at(scheduled_at, self.zone, now) if scheduled_at else None
+        )
+        unique, duplicates, warnings = _recipients(phones)
+        async with self.db.pool.acquire() as connection:
+            draft = await self._draft(
+                connection, client_id, message, provider_code, sender_id
+            )
+            priced = [
+                draft.prices.price(phone, draft.segments.count, f"phones[{index}]")
+                for index, phone in enumerate(unique)
+            ]
+            due_at = when.at if when else now
+            async with connection.transaction():
+                await self._reserve(connection, priced)
+                campaign = await connection.fetchrow(
+                    INSERT_CAMPAIGN,
+                    client_id,
+                    draft.tenant_id,
+                    draft.provider.code,
+                    draft.sender_id,
+                    message,
+                    due_at,
+                    len(unique),
+                    len(duplicates),
+                )
+                await self._store(
+                    connection,
+                    client_id,
+                    draft,
+                    priced,
+                    Status.QUEUED,
+                    due_at,
+                    when.at if when else None,
+                    campaign["id"],
+                )
+        log.info(
+            "sms campaign queued id=%s recipients=%d duplicates=%d",
+            campaign["id"],
+            len(unique),
+            len(duplicates),
+        )
+        return CampaignCreated(campaign, len(unique), duplicates, warnings, when)
+
+    async def cancel_campaign(self, client_id: int, campaign_id: int) -> int:
+        """Cancel what is left of a campaign; return how many messages it stopped."""
+        async with self.db.transaction() as connection:
+            campaign = await connection.fetchrow(
+                LOCK_OWN_CAMPAIGN, campaign_id, client_id
+            )
+            if campaign is None:
+                raise NotFound(f"campaign {campaign_id} not found")
+            ids = [
+                r["id"]
+                for r in await connection.fetch(CANCEL_CAMPAIGN_MESSAGES, campaign_id)
+            ]
+            totals = _charges_of(await connection.fetch(MESSAGES_CHARGES, ids))
+            await charges.lock_chain(connection, [c.account_id for c in totals])
+            await charges.release(connection, totals)
+            await connection.execute(MARK_CAMPAIGN_CANCELLED, campaign_id)
+        if ids:
+            metrics.sms_messages.labels(campaign["provider"], Status.CANCELLED).inc(
+                len(ids)
+            )
+        log.info("sms campaign cancelled id=%s messages=%d", campaign_id, len(ids))
+        return len(ids)
+
+    async def status(self, client_id: int, message_id: int) -> asyncpg.Record:
+        """Return a message; a PENDING one is checked with its provider first."""
+        async with self.db.pool.acquire() as connection:
+            row = await connection.fetchrow(OWN_MESSAGE, message_id, client_id)
+        if row is None:
+            raise NotFound(f"SMS {message_id} not found")
+        if row["status"] == Status.PENDING:
+            row = await self.check(row)
+        return row
+
+    async def check(self, row: asyncpg.Record) -> asyncpg.Record:
+        """Ask the provider about a PENDING message and apply the result."""
+        provider = self.providers.get(row["provider"])
+        if provider is None:
+            log.warning(
+                "sms status check skipped id=%s: provider %s is not configured",
+                row["id"],
+                row["provider"],
+            )
+            return row
+        result = await provider.status(
+            reference_of(row["id"]), row["provider_message_id"]
+        )
+        return await self.apply_result(row["id"], result, HandOff.CHECK)
+
+    async def delivery_report(
+        self,
+        provider_code: str,
+        provider_message_id: str | None,
+        reference: str | None,
+        status_word: str,
+        error: str | None,
+    ) -> asyncpg.Record:
+        """Apply a provider's delivery report; raise NotFound for an unknown message."""
+        message_id = message_id_of(reference) if reference else None
+        async with self.db.pool.acquire() as connection:
+            if message_id is None and provider_message_id:
+                message_id = await connection.fetchval(
+                    FIND_BY_PROVIDER_ID, provider_code, provider_message_id
+                )
+            row = None
+            if message_id is not None:
+                row = await connection.fetchrow(GET_MESSAGE, message_id)
+        if row is None or row["provider"] != provider_code:
+            raise NotFound("no SMS matches the delivery report")
+        if (
+            provider_message_id
+            and row["provider_message_id"]
+            and row["provider_message_id"] != provider_message_id
+        ):
+            raise NotFound("no SMS matches the delivery report")
+        word = status_word.lower()
+        outcome = Outcome.REFUSED if word in REFUSED_REPORTS else Outcome.ACCEPTED
+        result = SmsResult(outcome, word, provider_message_id, error)
+        return await self.apply_result(row["id"], result, HandOff.CHECK)
+
+    async def history(
+        self, client_id: int, limit: int, offset: int, campaign_id: int | None = None
+    ) -> list[asyncpg.Record]:
+        """Return a client's messages, newest first, or one campaign's."""
+        async with self.db.pool.acquire() as connection:
+            if campaign_id is None:
+                rows = await connection.fetch(HISTORY, client_id, limit, offset)
+            else:
+                rows = await connection.fetch(
+                    CAMPAIGN_MESSAGES, client_id, campaign_id, limit, offset
+                )
+        return list(rows)
+
+    async def scheduled(
+        self, client_id: int, limit: int, offset: int
+    ) -> list[asyncpg.Record]:
+        """Return a client's SCHEDULED single messages, soonest first."""
+        async with self.db.pool.acquire() as connection:
+            return list(await connection.fetch(SCHEDULED, client_id, limit, offset))
+
+    async def campaigns(
+        self, client_id: int, limit: int, offset: int, campaign_id: int | None = None
+    ) -> list[asyncpg.Record]:
+        """Return a client's campaigns, newest first, with counts by status."""
+        async with self.db.pool.acquire() as connection:
+            return list(
+                await connection.fetch(CAMPAIGNS, client_id, limit, offset, campaign_id)
+            )
+
+    async def campaign(self, client_id: int, campaign_id: int) -> asyncpg.Record:
+        rows = await self.campaigns(client_id, 1, 0, campaign_id)
+        if not rows:
+            raise NotFound(f"campaign {campaign_id} not found")
+        return rows[0]
+
+    async def rates(
+        self, account_id: int, provider_code: str | None
+    ) -> list[tuple[str, SmsRate]]:
+        """Return the SMS rates of an account's own plan, by provider and prefix."""
+        codes = (
+            [self.provider(provider_code).code]
+            if provider_code
+            else list(self.providers)
+        )
+        found: list[tuple[str, SmsRate]] = []
+        async with self.db.pool.acquire() as connection:
+            plan_id = await connection.fetchval(
+                "SELECT plan_id FROM accounts WHERE id = $1", account_id
+            )
+            for code in codes:
+                if plan_id is None:
+                    continue
+                rates = await plan_rates(connection, plan_id, code)
+                found.extend((code, rate) for rate in rates.values())
+        return found
+
+    async def quota(
+        self, client_id: int, provider_code: str | None, phone: str | None
+    ) -> Quota:
+        """Estimate how many one-segment messages the client's balance covers."""
+        provider = self.provider(provider_code)
+        number = check_e164("phone", phone) if phone else None
+        async with self.db.pool.acquire() as connection:
+            account = await connection.fetchrow(ACCOUNT_CHAIN, [client_id])
+            plan_id = account["plan_id"]
+            rates = (
+                await plan_rates(connection, plan_id, provider.code) if plan_id else {}
+            )
+        spendable = charges.available(account)
+        prices = sorted(rate.price for rate in rates.values())
+        price = None
+        if number is not None:
+            prefix = _longest_prefix(number.number.lstrip("+"), rates)
+            if prefix is None:
+                raise InvalidInput(
+                    "phone",
+                    phone,
+                    f"a destination with an SMS rate on provider {provider.code}",
+                )
+            price = rates[prefix].price
+        return Quota(
+            provider.code,
+            account["balance"],
+            spendable,
+            prices[0] if prices else None,
+            prices[-1] if prices else None,
+            price,
+        )
+
+
+@dataclass(frozen=True)
+class Quota:
+    provider: str
+    balance: Decimal
+    available: Decimal
+    price_min: Decimal | None
+    price_max: Decimal | None
+    price: Decimal | None
+
+    @staticmethod
+    def messages(available: Decimal, price: Decimal | None) -> int | None:
+        """Return how many messages at price fit in available; None if free."""
+        if price is None or price == 0:
+            return None
+        return max(int(available // price), 0)
+
+
+def _recipients(phones: Sequence[object]) -> tuple[list[str], list[str], list[str]]:
+    """Validate each phone; return the unique ones, the duplicates and warnings."""
+    if not phones:
+        raise InvalidInput("phones", "[]", "a list of 1 or more phone numbers")
+    if len(phones) > MAX_RECIPIENTS:
+        raise InvalidInput(
+            "phones",
+            f"<{len(phones)} numbers>",
+            f"at most {MAX_RECIPIENTS} numbers per campaign",
+        )
+    unique: list[str] = []
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    warnings: list[str] = []
+    for index, phone in enumerate(phones):
+        field = f"phones[{index}]"
+        if not isinstance(phone, str):
+            raise InvalidInput(field, repr(phone), "a phone number as a string")
+        number = check_e164(field, phone)
+        if number.number in seen:
+            duplicates.append(number.number)
+            continue
+        seen.add(number.number)
+        unique.append(number.number)
+        if number.warning:
+            warnings.append(number.warning)
+    return unique, duplicates, warnings
+
+
+HISTORY = """
+SELECT * FROM sms_messages
+WHERE account_id = $1
+ORDER BY id DESC
+LIMIT $2 OFFSET $3
+"""
+
+CAMPAIGN_MESSAGES = """
+SELECT * FROM sms_messages
+WHERE account_id = $1 AND campaign_id = $2
+ORDER BY id
+LIMIT $3 OFFSET $4
+"""
+
+SCHEDULED = """
+SELECT * FROM sms_messages
+WHERE account_id = $1 AND campaign_id IS NULL AND status = 'SCHEDULED'
+ORDER BY due_at, id
+LIMIT $2 OFFSET $3
+"""
+
+# Counts by status come from the messages, so a campaign's state is never
+# stored twice.
+CAMPAIGNS = """
+SELECT c.*,
+       coalesce(s.counts, '{}'::jsonb) AS counts,
+       coalesce(s.price, 0) AS price
+FROM sms_campaigns c
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(g.status, g.n) AS counts, sum(g.price) AS price
+    FROM (
+        SELECT status, count(*) AS n, sum(price) AS price
+        FROM sms_messages
+        WHERE campaign_id = c.id
+        GROUP BY status
+    ) AS g
+) AS s ON true
+WHERE c.account_id = $1 AND ($4::bigint IS NULL OR c.id = $4)
+ORDER BY c.id DESC
+LIMIT $2 OFFSET $3
+"""
+
+
+def campaign_status(campaign: asyncpg.Record, counts: dict[str, int]) -> str:
+    """Return QUEUED, SENDING, DONE or CANCELLED from a campaign's counts."""
+    if campaign["cancelled"]:
+        return "CANCELLED"
+    waiting = counts.get(Status.QUEUED, 0)
+    if waiting == campaign["recipients"]:
+        return "QUEUED"
+    if waiting or counts.get(Status.SENDING, 0):
+        return "SENDING"
+    return "DONE"

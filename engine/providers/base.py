@@ -1,8 +1,8 @@
 """The provider interfaces: what callgate needs from an SMS or eSIM provider.
 
 Adapters translate their wire protocol into these results and never raise for
-an answer the provider gives; a network failure becomes an outcome too,
-because the caller decides what to do with the money from the outcome alone.
+a provider's response. A network failure becomes an outcome too, because the
+caller decides what to do with the money from the outcome alone.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Protocol
 
 
 class Outcome(StrEnum):
-    """What a hand-off to a provider achieved, as far as callgate can know."""
+    """The result of a hand-off to a provider, as far as callgate can know it."""
 
     # The provider took the request: charge it.
     ACCEPTED = "accepted"
-    # The provider answered no: release the reservation, mark it failed.
+    # The provider rejected it: release the reservation, mark it failed.
     REFUSED = "refused"
     # Nothing reached the provider (no connection, 429, 503): safe to retry.
     UNAVAILABLE = "unavailable"
@@ -44,7 +44,7 @@ class OutgoingSms:
 
 @dataclass(frozen=True)
 class SmsResult:
-    """A provider's answer to a send or a status check."""
+    """A provider's response to a send or a status check."""
 
     outcome: Outcome
     # The provider's own status word (accepted, delivered, ...), if any.
@@ -62,6 +62,9 @@ class SmsProvider(Protocol):
     async def status(
         self, reference: str, provider_message_id: str | None
     ) -> SmsResult: ...
+
+    async def open(self) -> None:
+        """Keep a connection pool until close (long-running callers only)."""
 
     async def close(self) -> None: ...
 

@@ -58,7 +58,16 @@ class CryptoSms:
             return SmsResult(
                 Outcome.REFUSED, error="the provider has no record of the message"
             )
+        if answer.status is not None and not 200 <= answer.status < 300:
+            # Only a 404 proves the message never arrived; any other error on
+            # a status check leaves its outcome unknown.
+            return SmsResult(
+                Outcome.UNKNOWN, error=f"status check failed (HTTP {answer.status})"
+            )
         return _result(answer)
+
+    async def open(self) -> None:
+        await self.transport.open()
 
     async def close(self) -> None:
         await self.transport.close()

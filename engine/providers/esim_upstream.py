@@ -1,9 +1,9 @@
 """The eSIM upstream adapter over HTTP; wire protocol in docs/sms-esim.md.
 
-GET /packages lists the catalogue; POST /orders with an `Idempotency-Key`
+GET /packages lists the catalogue. POST /orders with an `Idempotency-Key`
 header places an order, and the same key again returns the same order, which
-is how an order with an unknown outcome is looked up; GET /orders/ID refreshes
-a known one. Every request carries `Authorization: Bearer TOKEN`.
+is how callgate looks up an order with an unknown outcome. GET /orders/ID
+refreshes a known one. Every request carries `Authorization: Bearer TOKEN`.
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ class EsimUpstream:
         answer = await self.transport.call(
             "GET", "/orders/" + quote(upstream_order_id, safe="")
         )
+        if answer.status is not None and not 200 <= answer.status < 300:
+            # A failed refresh tells nothing about the order itself.
+            return EsimOrder(
+                Outcome.UNKNOWN, error=f"order refresh failed (HTTP {answer.status})"
+            )
         return _order(answer)
 
     async def close(self) -> None:
@@ -114,7 +119,7 @@ class EsimUpstream:
 
 
 class ProviderFailed(Exception):
-    """The provider could not answer a read (the catalogue)."""
+    """The provider failed a read request (the catalogue)."""
 
 
 def _optional_int(value: Any) -> int | None:

@@ -1,7 +1,7 @@
 """Local development providers: SMS and an eSIM catalogue that need no network.
 
 They accept everything and deliver nothing; results are derived from the
-reference or idempotency key, so they keep no state and give the same answer
+reference or idempotency key, so they keep no state and return the same result
 in every process.
 """
 
@@ -45,6 +45,9 @@ class LocalSms:
         return SmsResult(
             Outcome.ACCEPTED, "delivered", provider_message_id or "local-" + reference
         )
+
+    async def open(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -111,8 +114,8 @@ class LocalEsim:
     code = "local"
 
     def __init__(self, currency: str) -> None:
-        # The catalogue is priced in EUR; another deployment currency sees the
-        # same figures in its own currency, which is enough for development.
+        # The catalogue is priced in EUR. A deployment in another currency
+        # gets the same figures in its own currency, enough for development.
         self.catalogue = [
             Package(
                 p.code,

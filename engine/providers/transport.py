@@ -18,14 +18,14 @@ from engine.providers.base import Outcome
 
 log = logging.getLogger("callgate.providers")
 
-# Statuses that say the request was not processed, so a retry is safe.
+# Statuses that mean the request was not processed, so a retry is safe.
 NOT_PROCESSED = frozenset({408, 429, 503})
 MAX_BODY_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
 class Answer:
-    """An HTTP answer (status and JSON body) or the outcome of a failure."""
+    """An HTTP response (status and JSON body) or the outcome of a failure."""
 
     status: int | None
     body: Any = None
@@ -36,9 +36,9 @@ class Answer:
 class Transport:
     """JSON requests to one base URL.
 
-    After `open` the requests share one session until `close`; without it each
-    request opens and closes its own, so a short-lived adapter (one API
-    request) leaves nothing to clean up.
+    After `open` the requests share one session until `close`. Without it each
+    request opens and closes its own session, so a short-lived adapter (one
+    API request) leaves nothing to clean up.
     """
 
     def __init__(self, base_url: str, token: str | None, timeout: float) -> None:
@@ -121,7 +121,7 @@ def _parse(raw: bytes) -> Any:
 
 
 def http_failure(answer: Answer) -> tuple[Outcome, str]:
-    """Return the outcome and error text of a non-2xx answer."""
+    """Return the outcome and error text of a non-2xx response."""
     status = answer.status or 0
     detail = ""
     if isinstance(answer.body, dict) and isinstance(answer.body.get("error"), str):
