@@ -157,7 +157,7 @@ class Scripts:
             )
 
     async def ping(self, session: AGISession) -> None:
-        """Do nothing: a connectivity check, and the protocol-only benchmark baseline."""
+        """Do nothing: a connectivity check and the protocol-only benchmark."""
         session.outcome = "OK"
 
     async def settle(self, session: AGISession) -> None:
