@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo offers the local SMS provider and eSIM catalogue, which need no
+# network and deliver nothing.
 run: $(STAMP)
-	$(BIN)/callgate serve --seed-demo
+	CALLGATE_LOCAL_PROVIDERS=$${CALLGATE_LOCAL_PROVIDERS:-true} $(BIN)/callgate serve --seed-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine agi api tests bench

@@ -20,6 +20,7 @@ WHOLESALE = "demo-wholesale"
 RESELLER = "demo-reseller"
 CLIENT = "1000000001"
 OPERATOR_CLIENT = "2000000001"
+SMS_PRICE = Decimal("0.035")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,20 @@ async def seed_demo(
     options = plans.PlanOptions(signup=True)
     wholesale_id = await plans.create_plan(connection, WHOLESALE, options)
     await plans.replace_rates(connection, wholesale_id, rows)
+    # SMS at one price per segment for every country code, on both providers;
+    # retail plans follow by their reseller's markup.
+    countries = [row for row in rows if " - " not in row.destination]
+    await connection.executemany(
+        """
+        INSERT INTO sms_rates (plan_id, provider, prefix, destination, price)
+        VALUES ($1, $2, $3, $4, $5)
+        """,
+        [
+            (wholesale_id, provider, row.prefix, row.destination, SMS_PRICE)
+            for provider in ("local", "cryptosms")
+            for row in countries
+        ],
+    )
     trunk_id = await plans.add_trunk(connection, "carrier", "PJSIP/{number}@carrier")
     await plans.add_route(connection, wholesale_id, trunk_id)
 
