@@ -18,6 +18,7 @@ import pytest
 from agi.fastagi import FastAGIServer
 from agi.peer import build_env, run_agi_session
 from agi.scripts import Scripts
+from engine import callerids
 from engine.calls import CallService
 from engine.db import Database
 from engine.settings import Settings
@@ -401,3 +402,30 @@ async def test_restart_between_authorize_and_settle(
     assert variables["CALLGATE_STATUS"] == "OK"
     assert await world.balance("alice") == Decimal("9.100000")
     assert await world.reserved("alice") == 0
+
+
+async def test_callerid_applies_to_every_sip_account_until_cleared(
+    world: World, agi: FastAGIServer
+):
+    await seed_alice(world, balance="1000")  # three calls, each reserving 3 h
+    account_id = world.accounts["alice"]
+    async with world.db.transaction() as connection:
+        await connection.execute(
+            "INSERT INTO sip_accounts (account_id, name, kind, password, callerid)"
+            " VALUES ($1, 'alice-2', 'normal', 'Secret12345678', 'alice-2')",
+            account_id,
+        )
+        await callerids.add_callerid(
+            connection, account_id, "+442079460000", "Main", set_active=True
+        )
+
+    _, main = await authorize(agi.port, "alice")
+    _, second = await authorize(agi.port, "alice-2")
+    async with world.db.transaction() as connection:
+        await callerids.clear_active_callerid(connection, account_id)
+    _, cleared = await authorize(agi.port, "alice-2")
+
+    assert main["CALLERID(num)"] == "+442079460000"
+    assert second["CALLERID(num)"] == "+442079460000"
+    assert "CALLERID(num)" not in cleared
+    assert cleared["CALLGATE_STATUS"] == "OK"
