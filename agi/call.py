@@ -15,6 +15,7 @@ from typing import Any
 
 from agi.peer import build_env, run_agi_session
 from engine import db
+from engine.errors import InvalidInput
 from engine.settings import Settings
 
 DIAL_OUTCOMES = ("ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION", "CHANUNAVAIL")
@@ -58,7 +59,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--talk",
-        type=int,
+        type=_seconds,
         default=30,
         metavar="SECONDS",
         help="answered seconds reported as ANSWEREDTIME (default 30)",
@@ -79,6 +80,14 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=call)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of seconds from 0 to 999999999, got {text!r}"
+        )
+    return int(text)
 
 
 def _outcomes(text: str) -> list[str]:
@@ -131,6 +140,8 @@ async def call(args: argparse.Namespace, settings: Settings) -> int:
     host, port = settings.agi_listen
     if args.agi:
         host, _, port_text = args.agi.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InvalidInput("--agi", args.agi, "HOST:PORT, e.g. 127.0.0.1:4573")
         port = int(port_text)
     uniqueid = args.uniqueid or f"{time.time():.0f}.{time.monotonic_ns() % 100000}"
     channel = f"PJSIP/{args.sip}-{time.monotonic_ns() % 0xFFFFFFFF:08x}"

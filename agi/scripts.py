@@ -22,11 +22,20 @@ log = logging.getLogger("callgate.agi")
 T = TypeVar("T")
 
 
+# Asterisk's times and causes fit in 32 bits; a longer number is clamped,
+# so settle caps it at the max duration instead of failing on the column.
+MAX_INTEGER = 2**31 - 1
+
+
 def _parse_int(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    if len(value) > 10:
+        return MAX_INTEGER
+    return min(int(value), MAX_INTEGER)
 
 
 class Scripts:

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
+import simplejson
 from aiohttp import web
 
 from engine import apikeys, ratelimit
@@ -494,8 +495,11 @@ def _error_status(exc: Exception) -> tuple[int, dict[str, str]]:
 def json_response(
     body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    # simplejson writes a Decimal as the exact number it holds, which the
+    # standard library cannot do without a float step (the reseller API
+    # prints money as JSON numbers).
     return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
+        body=simplejson.dumps(body, separators=(",", ":"), use_decimal=True).encode(),
         status=status,
         headers=headers,
         content_type="application/json",

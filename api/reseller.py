@@ -164,16 +164,16 @@ STATUS_FILTER = {"success": "paid", "pending": "pending", "failed": "failed"}
 SHOWN_STATUS = {stored: shown for shown, stored in STATUS_FILTER.items()}
 
 
-def number(amount: Decimal) -> int | float:
+def number(amount: Decimal) -> int | Decimal:
     """Return money as a JSON number: 1 for 1.000000, 987.6543 for 987.654300.
 
-    NOTE: a value with more than 15 significant digits (above about 10^9 with
-    6 decimals) loses its last digits in the double that JSON carries.
+    The response writer prints a Decimal as its exact digits, so no amount
+    passes through a float.
     """
     value = amount.normalize()
     if value == value.to_integral_value():
         return int(value)
-    return float(value)
+    return Decimal(format(value, "f"))
 
 
 def reseller(context: Context) -> Caller:

@@ -235,6 +235,8 @@ async def create_retail_plan(
     markup: Decimal,
     tenant_id: int | None,
     name: str | None = None,
+    *,
+    signup: bool = True,
 ) -> int:
     """Create a reseller's retail plan: its wholesale rates x (1 + markup)."""
     wholesale = await connection.fetchrow(
@@ -247,7 +249,7 @@ async def create_retail_plan(
         intl_prefix=wholesale["intl_prefix"],
         route_order=wholesale["route_order"],
         tariff_limit=wholesale["tariff_limit"],
-        signup=True,
+        signup=signup,
     )
     plan_id = await plans.create_plan(
         connection,

@@ -801,6 +801,18 @@ class CallService:
     ) -> SettleResult:
         """Debit every account of the chain and write the CDR with each one's cost."""
         answered = max(0, request.answered_seconds or 0)
+        limit = session["max_seconds"]
+        if limit is not None and answered > limit:
+            # Dial's L() ends the call at the max duration, so more answered
+            # seconds are a wrong report, not talk: bill the authorized most.
+            log.warning(
+                "answered time beyond the max duration uniqueid=%s answered=%s "
+                "max=%s: billed at the max",
+                session["uniqueid"],
+                answered,
+                limit,
+            )
+            answered = limit
         costs: list[Decimal] = []
         billed: list[int] = []
         for row in reservations:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
@@ -18,9 +19,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from engine import accounts, db, plans
 from engine.errors import CallgateError, InvalidInput
-from engine.secrets import hash_api_key, new_api_key
+from engine.ledger import change_balance
+from engine.secrets import PASSWORD_RULES, hash_api_key, new_api_key, password_is_strong
 from engine.settings import Settings, describe_settings, load_settings
 
 log = logging.getLogger("callgate.cli")
@@ -34,6 +38,8 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # pgserver reports every start and stop of the embedded server at INFO.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -90,6 +96,13 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_plan_add(args: argparse.Namespace, settings: Settings) -> int:
+    if not (
+        args.intl_prefix == ""
+        or (args.intl_prefix.isdigit() and len(args.intl_prefix) <= 4)
+    ):
+        raise InvalidInput(
+            "--intl-prefix", args.intl_prefix, "0 to 4 digits, e.g. 00 or 011"
+        )
     database = await open_database(settings)
     try:
         async with database.transaction() as connection:
@@ -112,6 +125,7 @@ async def cmd_plan_add(args: argparse.Namespace, settings: Settings) -> int:
                     reseller["markup"],
                     reseller["tenant_id"],
                     name=args.name,
+                    signup=args.signup,
                 )
             else:
                 options = plans.PlanOptions(
@@ -230,6 +244,19 @@ async def cmd_trunk_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_account_add(args: argparse.Namespace, settings: Settings) -> int:
+    if args.password is not None and not password_is_strong(args.password):
+        raise InvalidInput("--password", "(hidden)", PASSWORD_RULES)
+    if args.kind == "client" and not args.plan and not args.reseller:
+        raise InvalidInput(
+            "--plan",
+            "(none)",
+            "a plan for a client of the operator (--plan NAME), "
+            "or --reseller LOGIN to use that reseller's retail plan",
+        )
+    if args.kind == "reseller" and not args.plan:
+        raise InvalidInput(
+            "--plan", "(none)", "the reseller's wholesale plan (--plan NAME)"
+        )
     database = await open_database(settings)
     try:
         async with database.transaction() as connection:
@@ -295,6 +322,44 @@ async def cmd_account_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_account_credit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.amount == 0:
+        raise InvalidInput("--amount", str(args.amount), "an amount other than 0")
+    database = await open_database(settings)
+    try:
+        async with database.transaction() as connection:
+            account = await accounts.get_by_login(connection, args.login)
+            entry = await change_balance(
+                connection,
+                account["id"],
+                args.amount,
+                "refill" if args.amount > 0 else "adjustment",
+                note=args.note or "operator credit from the command line",
+            )
+    finally:
+        await database.close()
+    log.info("balance changed account=%s amount=%s", account["id"], args.amount)
+    emit(
+        args,
+        {
+            "login": args.login,
+            "amount": str(args.amount),
+            "balance": str(entry.balance_after),
+            "ledger_id": entry.id,
+        },
+        f"{args.login}: {args.amount:+} {settings.currency},"
+        f" balance {entry.balance_after}",
+    )
+    return 0
+
+
+def signed_money(text: str) -> Decimal:
+    """Parse an amount that may be negative (a debit), with at most 6 decimals."""
+    negative = text.strip().startswith("-")
+    amount = decimal_arg("--amount")(text.strip().lstrip("-"))
+    return -amount if negative else amount
+
+
 async def cmd_apikey_issue(args: argparse.Namespace, settings: Settings) -> int:
     database = await open_database(settings)
     key = new_api_key()
@@ -318,7 +383,18 @@ async def cmd_apikey_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+VOUCHER_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
 async def cmd_voucher_add(args: argparse.Namespace, settings: Settings) -> int:
+    if not VOUCHER_CODE.match(args.code):
+        raise InvalidInput(
+            "CODE",
+            args.code,
+            "1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+        )
+    if args.amount <= 0:
+        raise InvalidInput("--amount", str(args.amount), "an amount above 0")
     database = await open_database(settings)
     try:
         async with database.transaction() as connection:
@@ -531,6 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most simultaneous calls, 0 for no limit (default 0)",
     )
+    account_credit = add(
+        "credit",
+        "add to (or, with a negative amount, take from) a balance, through the ledger",
+        cmd_account_credit,
+        parent=account,
+    )
+    account_credit.add_argument("login", metavar="LOGIN")
+    account_credit.add_argument(
+        "--amount",
+        type=signed_money,
+        required=True,
+        metavar="X",
+        help="amount to credit; negative to debit",
+    )
+    account_credit.add_argument("--note", help="why, stored on the ledger entry")
     account_show = add(
         "show",
         "show balance, reservations and status",
@@ -583,6 +674,19 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(handler(args, settings))
     except CallgateError as exc:
         print(f"callgate: {exc}", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as exc:
+        # A constraint the checks above did not catch: say what the database
+        # refused rather than print a traceback.
+        detail = getattr(exc, "detail", None)
+        print(
+            f"callgate: the database refused the change: {exc}"
+            + (f" ({detail})" if detail else ""),
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        print(f"callgate: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -39,7 +39,9 @@ def start_embedded(data_dir: Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
+            # "stop": the server stops when the last process using it (daemon
+            # or CLI) exits, instead of outliving them.
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # pgserver raises plain exceptions on start failure
         raise DatabaseError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {exc}"

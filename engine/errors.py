@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 
@@ -24,7 +25,14 @@ class InvalidInput(CallgateError):
         self.field = field
         self.value = value
         self.expected = expected
-        shown = value if isinstance(value, str | int | float) else repr(value)
+        if isinstance(value, bool) or value is None:
+            shown: object = {True: "true", False: "false", None: "null"}[value]
+        elif isinstance(value, int) and value.bit_length() > 200:
+            shown = f"a number of about {int(value.bit_length() * 0.30103)} digits"
+        elif isinstance(value, str | int | float | Decimal):
+            shown = str(value)
+        else:
+            shown = repr(value)
         if isinstance(shown, str) and len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"invalid {field} {shown!r}: expected {expected}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -79,7 +80,8 @@ def parse_money(field: str, value: Any, *, allow_zero: bool = True) -> Decimal:
         raise InvalidInput(field, value, f"at most {MAX_MONEY}")
     if amount != amount.quantize(SIX_PLACES):
         raise InvalidInput(field, value, "at most 6 decimals")
-    return amount
+    # 1E+3 and 1000 are the same amount; store and show it as 1000.000000.
+    return amount.quantize(SIX_PLACES)
 
 
 def _parse_row(line: int, record: dict[str, str]) -> RateRow:
@@ -87,8 +89,10 @@ def _parse_row(line: int, record: dict[str, str]) -> RateRow:
     if not (prefix.isascii() and prefix.isdigit() and 1 <= len(prefix) <= 15):
         raise InvalidInput("prefix", prefix, "1 to 15 digits")
     destination = (record.get("destination") or "").strip()
-    if not destination:
-        raise InvalidInput("destination", destination, "a non-empty name")
+    if not destination or any(unicodedata.category(c) == "Cc" for c in destination):
+        raise InvalidInput(
+            "destination", destination, "a non-empty name without control characters"
+        )
     rate = parse_money("rate", record.get("rate"))
     connect_fee = parse_money("connect_fee", (record.get("connect_fee") or "0"))
     blocks: list[int] = []
@@ -124,6 +128,9 @@ def parse_rate_csv(text: str) -> tuple[list[RateRow], list[RowError]]:
         if None in record:
             errors.append(RowError(line, "more columns than the header"))
             continue
+        if None in record.values():
+            errors.append(RowError(line, "fewer columns than the header"))
+            continue
         try:
             row = _parse_row(line, record)
         except InvalidInput as exc:
@@ -139,6 +146,9 @@ def parse_rate_csv(text: str) -> tuple[list[RateRow], list[RowError]]:
             continue
         seen[row.prefix] = line
         rows.append(row)
+    if not rows and not errors:
+        # A deck with no rate would silently empty the plan.
+        errors.append(RowError(reader.line_num or 1, "the file has no rate rows"))
     return rows, errors
 
 

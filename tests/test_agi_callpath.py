@@ -429,3 +429,14 @@ async def test_callerid_applies_to_every_sip_account_until_cleared(
     assert second["CALLERID(num)"] == "+442079460000"
     assert "CALLERID(num)" not in cleared
     assert cleared["CALLGATE_STATUS"] == "OK"
+
+
+async def test_settle_huge_answered_time_bills_max(world: World, agi: FastAGIServer):
+    await seed_alice(world, balance="1.00")
+    uniqueid, variables = await authorize(agi.port, "alice")
+
+    await settle(agi.port, uniqueid, "alice", "ANSWER", "999999999999", "16")
+
+    assert variables["CALLGATE_MAX_MS"] == "100000"
+    assert await world.balance("alice") == Decimal("0.000000")
+    assert await world.reserved("alice") == 0

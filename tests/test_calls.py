@@ -345,3 +345,19 @@ async def test_expiry_bills_from_asterisk_cdr(
         (0, True),
     ]
     assert calls.unresolved_total == 1
+
+
+async def test_settle_caps_answered_time_at_max_duration(
+    world: World, calls: CallService
+):
+    await world.plan("retail", [("1", "0.60", 1, 1, "0")])
+    await world.trunk("carrier", "retail")
+    await world.client("cli", "retail", "1.00")
+    call = new_call("cli", "15555550101")
+    result = await calls.authorize(call)
+
+    await answered(calls, call, 2_147_483_647)
+
+    assert result.max_seconds == 100
+    assert await world.balance("cli") == Decimal("0.000000")
+    assert await world.reserved("cli") == 0

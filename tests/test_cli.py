@@ -289,9 +289,79 @@ async def test_cli_errors_exit_non_zero(
         ("voucher", "add", "V", "--amount", "-5"),
         ("plan", "add", "retail"),
         ("apikey", "issue", "nobody"),
+        ("voucher", "add", "", "--amount", "1"),
+        ("voucher", "add", "V0", "--amount", "0"),
+        ("voucher", "add", "V\t1", "--amount", "1"),
+        ("plan", "add", "p9", "--intl-prefix", "abc"),
+        ("account", "add", "x2000", "--kind", "client"),
+        (
+            "account",
+            "add",
+            "x3000",
+            "--kind",
+            "client",
+            "--plan",
+            "retail",
+            "--password",
+            "short",
+        ),
+        ("account", "credit", "nobody", "--amount", "5"),
+        ("call", "--sip", "x", "--number", "1", "--talk", "-5"),
+        ("call", "--sip", "x", "--number", "1", "--agi", "garbage"),
+        ("call", "--sip", "x", "--number", "1", "--agi", "127.0.0.1:1"),
     ]
     for case in cases:
         result = await cli(database_url, tmp_path, *case)
         assert result.returncode != 0, case
         assert "Traceback" not in result.stderr, case
         assert result.stderr.strip(), case
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("48,PL,0.01,1,1\n", "line 2: fewer columns than the header"),
+        ("", "line 1: the file has no rate rows"),
+        ("48,P\x00L,0.01,1,1,0\n", "line 2: invalid destination"),
+    ],
+)
+async def test_rates_import_rejects_short_empty_and_control_rows(
+    database_url: str, tmp_path: Path, world: World, body: str, message: str
+):
+    await world.plan("retail", [("1", "0.01", 1, 1, "0")])
+    deck = tmp_path / "deck.csv"
+    deck.write_text(HEADER + body)
+
+    result = await cli(database_url, tmp_path, "rates", "import", "retail", str(deck))
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    async with world.db.pool.acquire() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM rates") == 1
+
+
+async def test_account_credit_goes_through_ledger(
+    database_url: str, tmp_path: Path, world: World
+):
+    await world.plan("retail", [("1", "0.01", 1, 1, "0")])
+    await world.client("1234567801", "retail", "1")
+
+    credit = await cli(
+        database_url,
+        tmp_path,
+        "account",
+        "credit",
+        "1234567801",
+        "--amount",
+        "2.5",
+        "--json",
+    )
+    debit = await cli(
+        database_url, tmp_path, "account", "credit", "1234567801", "--amount", "-0.5"
+    )
+
+    assert credit.returncode == 0, credit.stderr
+    assert debit.returncode == 0, debit.stderr
+    assert json.loads(credit.stdout)["balance"] == "3.500000"
+    assert await world.balance("1234567801") == Decimal("3.000000")
+    assert await world.ledger_sum("1234567801") == Decimal("3.000000")
