@@ -144,7 +144,7 @@ async def _wait_stop(stop: asyncio.Event, background: list[asyncio.Task[None]]) 
 async def serve(args: argparse.Namespace, settings: Settings) -> int:
     url = await asyncio.to_thread(db.database_url, settings)
     await db.migrate_url(url)
-    database = await db.Database.connect(url, max_size=40)
+    database = await db.Database.connect(url, max_size=settings.db_pool_size)
     database.observers.append(metrics.observe_query)
     async with database.transaction() as connection:
         await accounts.ensure_admin(connection, settings.currency)

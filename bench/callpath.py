@@ -268,8 +268,10 @@ async def rating_time(url: str, samples: int = 2000) -> list[float]:
 async def database_baseline(
     url: str, clients: list[str], connections: int, seconds: float
 ) -> float:
-    database = await db.Database.connect(url, max_size=40)
-    calls = CallService(database, load_settings({"CALLGATE_DATABASE_URL": url}))
+    settings = load_settings({"CALLGATE_DATABASE_URL": url})
+    # The same pool size as the daemon, so both drive the same concurrency.
+    database = await db.Database.connect(url, max_size=settings.db_pool_size)
+    calls = CallService(database, settings)
     load = Load(0, clients)
 
     async def work() -> float:
@@ -347,7 +349,11 @@ async def main() -> None:
         rss = rss_mb(daemon.pid)
     finally:
         daemon.terminate()
-        daemon.wait(10)
+        try:
+            daemon.wait(60)  # an overloaded daemon finishes its sessions first
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
         daemon.stdout.close()
 
     baseline = await database_baseline(url, clients, args.connections, args.seconds)

@@ -184,6 +184,9 @@ JOIN accounts a ON a.id = s.account_id
 WHERE s.name = $1
 """
 
+# Money locks on accounts are FOR NO KEY UPDATE: they serialize balance
+# changes in id order but do not wait for the KEY SHARE locks that inserts
+# referencing an account (CDR charges, ledger entries) take.
 LOCK_CHAIN = """
 SELECT a.id, a.kind, a.status, a.billing, a.balance, a.credit_limit, a.reserved,
        a.max_concurrent, a.plan_id, p.intl_prefix, p.free_seconds, p.decimals,
@@ -192,7 +195,7 @@ FROM accounts a
 LEFT JOIN plans p ON p.id = a.plan_id
 WHERE a.id = ANY($1::bigint[])
 ORDER BY a.id
-FOR UPDATE OF a
+FOR NO KEY UPDATE OF a
 """
 
 READ_CHAIN = """
@@ -298,7 +301,7 @@ FROM reservations r
 JOIN accounts a ON a.id = r.account_id
 WHERE r.uniqueid = $1
 ORDER BY a.id
-FOR UPDATE OF a
+FOR NO KEY UPDATE OF a
 """
 
 # Debits each account its cost, releases its reservation, appends the ledger

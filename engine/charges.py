@@ -25,7 +25,7 @@ SELECT id, kind, status, billing, balance, credit_limit, reserved, markup, plan_
 FROM accounts
 WHERE id = ANY($1::bigint[])
 ORDER BY id
-FOR UPDATE
+FOR NO KEY UPDATE
 """
 
 RESERVE = """

@@ -29,7 +29,7 @@ SELECT uniqueid, node, channel, max_seconds, funded_seconds, answered_at
 FROM sessions
 WHERE uniqueid = ANY($1::text[]) AND state = 'live'
 ORDER BY uniqueid
-FOR UPDATE
+FOR NO KEY UPDATE
 """
 
 # The reservations of the sessions with their accounts' funds, accounts
@@ -42,7 +42,7 @@ FROM reservations r
 JOIN accounts a ON a.id = r.account_id
 WHERE r.uniqueid = ANY($1::text[])
 ORDER BY a.id, r.uniqueid
-FOR UPDATE OF a
+FOR NO KEY UPDATE OF a
 """
 
 MOVE_RESERVATIONS = """

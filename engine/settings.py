@@ -179,6 +179,13 @@ SPECS: tuple[Spec, ...] = (
         "embedded PostgreSQL under the data directory.",
     ),
     Spec("data_dir", Path, "./var", "Directory for the embedded database and state."),
+    Spec(
+        "db_pool_size",
+        _positive_int,
+        "12",
+        "Most database connections of one process. More than a few per core "
+        "makes concurrent calls wait on each other's row locks, not run faster.",
+    ),
     Spec("agi_listen", _listen, "127.0.0.1:4573", "FastAGI listen address HOST:PORT."),
     Spec("api_listen", _listen, "127.0.0.1:8080", "HTTP API listen address HOST:PORT."),
     Spec(
@@ -459,6 +466,7 @@ SPECS: tuple[Spec, ...] = (
 class Settings:
     database_url: str | None
     data_dir: Path
+    db_pool_size: int
     agi_listen: tuple[str, int]
     api_listen: tuple[str, int]
     metrics_listen: tuple[str, int] | None
