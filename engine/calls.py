@@ -1,10 +1,10 @@
 """Authorize, reserve and settle calls across the client and its resellers.
 
-authorize rates the call on every account of the chain (the client at its
-retail plan, each reseller above at its own), checks that each can pay the
-connect fee plus the initial block, takes the max duration and reserves it in
-one transaction under row locks, so several processes on one database never
-reserve more than an account can pay. settle debits each account once, in one
+authorize rates the call on every account of the chain: the client at its
+retail plan, each reseller above at its own. Each must pay the connect fee
+plus the initial block. The smallest affordable time is the max duration, and
+it is reserved in one transaction under row locks, so several processes on
+one database never reserve more than an account can pay. settle debits each account once, in one
 transaction keyed on Asterisk's unique id, so a repeated settle is a no-op.
 """
 
@@ -32,7 +32,7 @@ UNIQUEID_NODE = re.compile(r"^(?P<node>.+)-(?P<epoch>[0-9]+\.[0-9]+)$")
 
 
 class Reason(StrEnum):
-    """Why a call was rejected; also the value of CALLGATE_REASON."""
+    """The reason a call was rejected, also the value of CALLGATE_REASON."""
 
     UNKNOWN_ENDPOINT = "unknown_endpoint"
     ACCOUNT_INACTIVE = "account_inactive"
@@ -293,8 +293,8 @@ WHERE uniqueid = $1 AND state = 'live'
 RETURNING *
 """
 
-# Reads a session's reservations and locks their accounts in id order, the
-# order authorize locks them in, so the two never deadlock.
+# Reads a session's reservations and locks their accounts in id order. That is
+# the order authorize locks them in, so the two cannot deadlock on them.
 LOCK_RESERVATIONS = """
 SELECT r.*
 FROM reservations r
@@ -421,9 +421,9 @@ class CallService:
     ) -> Authorization:
         """Rate and route without locks, then lock the chain only to reserve.
 
-        Rating and routing read plans, which do not need the accounts' row
-        locks; taking the locks last keeps them held for two statements, so
-        calls of clients under one reseller queue behind each other briefly.
+        Rating and routing read plans, which need no row lock on the accounts.
+        Taking the locks last keeps them held for two statements, so calls of
+        clients under one reseller queue behind each other only briefly.
         """
         chain_ids = [call.sip["account_id"], *call.sip["ancestors"]]
         rows = {row["id"]: row for row in await connection.fetch(READ_CHAIN, chain_ids)}
