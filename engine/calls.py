@@ -4,8 +4,9 @@ authorize rates the call on every account of the chain: the client at its
 retail plan, each reseller above at its own. Each must pay the connect fee
 plus the initial block. The smallest affordable time is the max duration, and
 it is reserved in one transaction under row locks, so several processes on
-one database never reserve more than an account can pay. settle debits each account once, in one
-transaction keyed on Asterisk's unique id, so a repeated settle is a no-op.
+one database never reserve more than an account can pay. settle debits each
+account once, in one transaction keyed on Asterisk's unique id, so a repeated
+settle is a no-op.
 """
 
 from __future__ import annotations
