@@ -59,6 +59,12 @@ async def seed_demo(
     )
     trunk_id = await plans.add_trunk(connection, "carrier", "PJSIP/{number}@carrier")
     await plans.add_route(connection, wholesale_id, trunk_id)
+    # A second route, so `callgate call --outcome CHANUNAVAIL,ANSWER` shows the
+    # dialplan's failover to it.
+    backup_id = await plans.add_trunk(
+        connection, "carrier-backup", "PJSIP/{number}@carrier-backup"
+    )
+    await plans.add_route(connection, wholesale_id, backup_id, priority=2)
 
     reseller = await accounts.create_account(
         connection,
