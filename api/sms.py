@@ -237,12 +237,13 @@ def _page(context: Context) -> tuple[int, int]:
 def _funds_error(exc: InsufficientFunds) -> ApiError:
     """Say why a purchase cannot be paid, without showing a reseller's figures."""
     depth = getattr(exc, "depth", 0)
+    if isinstance(exc, AccountUnavailable) and depth == 0:
+        # Nothing to pay would change this: the account itself is switched off.
+        return ApiError(403, "the account is not active; SMS cannot be sent")
     if depth > 0:
         return ApiError(
             402, "sending is blocked: the reseller account cannot pay for it"
         )
-    if isinstance(exc, AccountUnavailable):
-        return ApiError(402, "the account is not active, so it cannot pay")
     if isinstance(exc, ChainCannotPay):
         return ApiError(
             402,

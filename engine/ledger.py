@@ -7,6 +7,11 @@ from decimal import Decimal
 
 import asyncpg
 
+from engine.errors import InvalidInput
+
+# The largest balance NUMERIC(20, 6) holds.
+MAX_BALANCE = Decimal("99999999999999.999999")
+
 LEDGER_KINDS = frozenset(
     {
         "call",
@@ -64,7 +69,14 @@ async def change_balance(
     """
     if kind not in LEDGER_KINDS:
         raise ValueError(f"unknown ledger kind {kind!r}")
-    row = await connection.fetchrow(CHANGE_BALANCE, account_id, amount)
+    try:
+        row = await connection.fetchrow(CHANGE_BALANCE, account_id, amount)
+    except asyncpg.NumericValueOutOfRangeError as exc:
+        raise InvalidInput(
+            "amount",
+            str(amount),
+            f"an amount that keeps the balance within ±{MAX_BALANCE}",
+        ) from exc
     if row is None:
         raise LookupError(f"account {account_id} does not exist")
     entry_id = await connection.fetchval(

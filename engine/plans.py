@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ RATE_COLUMNS = (
 )
 MAX_MONEY = Decimal("99999999999999")
 SIX_PLACES = Decimal("0.000001")
+PLAIN_DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,16 @@ def parse_money(field: str, value: Any, *, allow_zero: bool = True) -> Decimal:
     if isinstance(value, float):
         # JSON numbers arrive as float from some parsers; use their shortest
         # repr, which is the text that was sent.
-        value = repr(value)
+        value = Decimal(repr(value))
+    if isinstance(value, str):
+        # Decimal() also takes "1_000", " 1", "1e3" and non-ASCII digits;
+        # an amount from outside is plain decimal notation only.
+        if not PLAIN_DECIMAL.match(value):
+            raise InvalidInput(field, value, "a decimal amount such as 1.50")
+    elif not isinstance(value, int | Decimal):
+        raise InvalidInput(field, value, "a decimal amount such as 1.50")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(value)
     except InvalidOperation as exc:
         raise InvalidInput(field, value, "a decimal amount such as 1.50") from exc
     if not amount.is_finite():

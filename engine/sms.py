@@ -929,10 +929,17 @@ class SmsService:
             )
             if campaign is None:
                 raise NotFound(f"campaign {campaign_id} not found")
+            if campaign["cancelled"]:
+                raise Conflict(f"campaign {campaign_id} is already cancelled")
             ids = [
                 r["id"]
                 for r in await connection.fetch(CANCEL_CAMPAIGN_MESSAGES, campaign_id)
             ]
+            if not ids:
+                raise Conflict(
+                    f"campaign {campaign_id} has no message left to cancel: "
+                    "every recipient was already sent"
+                )
             totals = _charges_of(await connection.fetch(MESSAGES_CHARGES, ids))
             await charges.lock_chain(connection, [c.account_id for c in totals])
             await charges.release(connection, totals)

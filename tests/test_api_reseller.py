@@ -686,3 +686,42 @@ async def test_cross_tenant_client_auth_same_as_missing(
 
     assert {reply.status for reply in replies} == {401}
     assert len({json.dumps(reply.body) for reply in replies}) == 1
+
+
+async def test_transfer_over_balance_limit_400(api: ResellerClient, world: World):
+    await api.post("transfer", "resa", {"login": "7770000001", "amount": 5})
+
+    reply = await api.post(
+        "transfer", "resa", {"login": "7770000001", "amount": 99999999999999}
+    )
+
+    assert reply.status == 400
+    assert reply.body["ok"] is False
+    assert "amount" in reply.body["error"]
+    assert await world.balance("7770000001") == Decimal(5)
+
+
+@pytest.mark.parametrize("amount", ["1_000", "٣", "1e3", " 1", "0x10", "1,5"])
+async def test_transfer_amount_plain_decimal_only(
+    api: ResellerClient, world: World, amount: str
+):
+    reply = await api.post(
+        "transfer", "resa", {"login": "7770000001", "amount": amount}
+    )
+
+    assert reply.status == 400
+    assert "amount" in reply.body["error"]
+    assert await world.balance("7770000001") == 0
+
+
+async def test_transfer_money_exact_in_json(api: ResellerClient, world: World):
+    response = await api.http.post(
+        PATH,
+        params={"endpoint": "transfer"},
+        json={"login": "7770000001", "amount": "12345678901234.123456"},
+        headers={"X-API-Key": api.keys["resa"]},
+    )
+    body = json.loads(await response.text(), parse_float=Decimal)
+
+    assert response.status == 200
+    assert body["transfer"]["amount"] == Decimal("12345678901234.123456")

@@ -588,6 +588,32 @@ async def test_cancel_campaign_releases(api: SmsClient, world: World):
     assert await world.balance(OWNER) == Decimal("1.000000")
 
 
+async def test_cancel_campaign_twice_409(api: SmsClient, world: World):
+    created = await api.post("bulk", OWNER, {**BULK, "scheduled_at": future()})
+    campaign_id = created.body["campaign_id"]
+    await api.post("cancel-campaign", OWNER, {"campaign_id": campaign_id})
+
+    again = await api.post("cancel-campaign", OWNER, {"campaign_id": campaign_id})
+
+    assert again.status == 409
+    assert again.body["success"] is False
+    assert await world.balance(OWNER) == Decimal("1.000000")
+
+
+async def test_send_for_inactive_client_403(api: SmsClient, world: World):
+    before = await world.balance(RESOLD)
+    async with world.db.pool.acquire() as connection:
+        await connection.execute(
+            "UPDATE accounts SET status = 'inactive' WHERE login = $1", RESOLD
+        )
+
+    reply = await api.post("send", RESELLER, {**SEND, "client_login": RESOLD})
+
+    assert reply.status == 403
+    assert reply.body["success"] is False
+    assert await world.balance(RESOLD) == before
+
+
 async def test_bulk_reseller_for_client(api: SmsClient, world: World):
     body = {**BULK, "client_login": RESOLD}
     reply = await api.post("bulk", RESELLER, body)
