@@ -25,7 +25,7 @@ from pathlib import Path
 FIXTURES = Path(
     os.environ.get(
         "CALLGATE_AMI_FIXTURES",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "asterisk-22",
+        Path(__file__).resolve().parent / "fixtures" / "asterisk-22",
     )
 )
 FRAME_END = b"\r\n\r\n"

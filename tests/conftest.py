@@ -26,9 +26,9 @@ from engine.calls import CallService
 from engine.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "asterisk-22"
-DATA = SHARED / "data"
+# Byte-exact FastAGI and AMI traffic recorded from Asterisk 22.10.1.
+FIXTURES = REPO / "tests" / "fixtures" / "asterisk-22"
+DATA = REPO / "data"
 TEMPLATE = "callgate_template"
 
 

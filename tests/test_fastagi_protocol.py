@@ -35,7 +35,7 @@ from agi.peer import build_env, run_agi_session, split_agi_arguments
 
 pytestmark = pytest.mark.timeout(20)
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "asterisk-22"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "asterisk-22"
 TRANSCRIPTS = sorted(FIXTURES.glob("*/agi-*.txt"))
 HOST = "127.0.0.1"
 WAIT_SECONDS = 5.0
