@@ -937,8 +937,7 @@ class SmsService:
             ]
             if not ids:
                 raise Conflict(
-                    f"campaign {campaign_id} has no message left to cancel: "
-                    "every recipient was already sent"
+                    f"campaign {campaign_id} has no queued message left to cancel"
                 )
             totals = _charges_of(await connection.fetch(MESSAGES_CHARGES, ids))
             await charges.lock_chain(connection, [c.account_id for c in totals])
