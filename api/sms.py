@@ -424,7 +424,10 @@ async def quota(context: Context) -> Reply:
     if phone is not None:
         data["phone"] = phone.strip()
         data["price"] = _money_or_none(estimate.price)
-        data["messages"] = Quota.messages(estimate.available, estimate.price)
+        data["messages"] = Quota.capped(
+            Quota.messages(estimate.available, estimate.price),
+            estimate.resellers_at_price,
+        )
     return Reply(data)
 
 
@@ -441,8 +444,14 @@ def _quota_json(estimate: Quota, currency: str) -> dict[str, Any]:
         "price_min": _money_or_none(estimate.price_min),
         "price_max": _money_or_none(estimate.price_max),
         # messages_min is at the maximum price, messages_max at the minimum.
-        "messages_min": Quota.messages(estimate.available, estimate.price_max),
-        "messages_max": Quota.messages(estimate.available, estimate.price_min),
+        "messages_min": Quota.capped(
+            Quota.messages(estimate.available, estimate.price_max),
+            estimate.resellers_min,
+        ),
+        "messages_max": Quota.capped(
+            Quota.messages(estimate.available, estimate.price_min),
+            estimate.resellers_max,
+        ),
     }
 
 

@@ -1065,20 +1065,39 @@ class SmsService:
     async def quota(
         self, client_id: int, provider_code: str | None, phone: str | None
     ) -> Quota:
-        """Estimate how many one-segment messages the client's balance covers."""
+        """Estimate how many one-segment messages the client's balance covers.
+
+        Each reseller above the client pays its own price per message, so the
+        estimate is capped by what every reseller's funds cover as well; the
+        reseller's own figures are not returned.
+        """
         provider = self.provider(provider_code)
         number = check_e164("phone", phone) if phone else None
+        digits = number.number.lstrip("+") if number is not None else None
         async with self.db.pool.acquire() as connection:
             account = await connection.fetchrow(ACCOUNT_CHAIN, [client_id])
             plan_id = account["plan_id"]
             rates = (
                 await plan_rates(connection, plan_id, provider.code) if plan_id else {}
             )
+            resellers = await connection.fetch(
+                ACCOUNT_CHAIN, list(account["ancestors"])
+            )
+            caps = [
+                _reseller_cap(
+                    reseller,
+                    await plan_rates(connection, reseller["plan_id"], provider.code)
+                    if reseller["plan_id"]
+                    else {},
+                    digits,
+                )
+                for reseller in resellers
+            ]
         spendable = charges.available(account)
         prices = sorted(rate.price for rate in rates.values())
         price = None
-        if number is not None:
-            prefix = _longest_prefix(number.number.lstrip("+"), rates)
+        if digits is not None:
+            prefix = _longest_prefix(digits, rates)
             if prefix is None:
                 raise InvalidInput(
                     "phone",
@@ -1093,7 +1112,34 @@ class SmsService:
             prices[0] if prices else None,
             prices[-1] if prices else None,
             price,
+            _smallest([cap[0] for cap in caps]),
+            _smallest([cap[1] for cap in caps]),
+            _smallest([cap[2] for cap in caps]),
         )
+
+
+def _reseller_cap(
+    reseller: asyncpg.Record, rates: dict[str, SmsRate], digits: str | None
+) -> tuple[int | None, int | None, int | None]:
+    """Return the messages a reseller's funds cover at its max, min and given price."""
+    available = charges.available(reseller)
+    if reseller["status"] != "active":
+        return 0, 0, 0
+    prices = sorted(rate.price for rate in rates.values())
+    at_phone = None
+    if digits is not None:
+        prefix = _longest_prefix(digits, rates)
+        at_phone = Quota.messages(available, rates[prefix].price) if prefix else 0
+    return (
+        Quota.messages(available, prices[-1]) if prices else 0,
+        Quota.messages(available, prices[0]) if prices else 0,
+        at_phone,
+    )
+
+
+def _smallest(values: list[int | None]) -> int | None:
+    limits = [value for value in values if value is not None]
+    return min(limits) if limits else None
 
 
 @dataclass(frozen=True)
@@ -1104,6 +1150,11 @@ class Quota:
     price_min: Decimal | None
     price_max: Decimal | None
     price: Decimal | None
+    # What the resellers' funds cover, at the max, min and given price (None:
+    # no reseller, or no limit).
+    resellers_min: int | None = None
+    resellers_max: int | None = None
+    resellers_at_price: int | None = None
 
     @staticmethod
     def messages(available: Decimal, price: Decimal | None) -> int | None:
@@ -1111,6 +1162,13 @@ class Quota:
         if price is None or price == 0:
             return None
         return max(int(available // price), 0)
+
+    @staticmethod
+    def capped(count: int | None, cap: int | None) -> int | None:
+        """Return count limited by cap, either of which may be None (no limit)."""
+        if cap is None:
+            return count
+        return cap if count is None else min(count, cap)
 
 
 def _recipients(phones: Sequence[object]) -> tuple[list[str], list[str], list[str]]:

@@ -731,6 +731,22 @@ async def test_quota_estimate(api: SmsClient):
     assert reseller.status == 400
 
 
+async def test_quota_capped_by_reseller_funds(api: SmsClient, world: World):
+    async with world.db.pool.acquire() as connection:
+        await connection.execute(
+            "UPDATE accounts SET balance = 0 WHERE login = $1", RESELLER
+        )
+
+    reply = await api.get(
+        "quota", RESELLER, provider="local", client_login=RESOLD, phone="+447575396991"
+    )
+
+    assert reply.status == 200
+    assert reply.body["messages_min"] == 0
+    assert reply.body["messages_max"] == 0
+    assert reply.body["messages"] == 0
+
+
 # --- delivery reports, OpenAPI, metrics ------------------------------------------
 
 
