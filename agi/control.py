@@ -73,7 +73,7 @@ IDENTIFY_CACHE = "ident"
 
 @dataclass
 class Tracked:
-    """What the controller knows of one live call on its node."""
+    """The controller's record of one live call on its node."""
 
     uniqueid: str
     channel: str
@@ -191,7 +191,7 @@ class NodeController:
         )
 
     async def on_disconnect(self, reason: str) -> None:
-        """The link is down: raise live calls to their L() limit where funds allow."""
+        """Raise live calls to their L() limit where funds allow: the link is down."""
         self.connected = False
         metrics.ami_connected.set(0)
         metrics.ami_reconnects.inc()
@@ -430,7 +430,7 @@ class NodeController:
     # --- settle from AMI and reconcile --------------------------------------------
 
     async def settle_from_events(self, call: Tracked, source: str) -> None:
-        """Settle a call whose settle AGI has not arrived, from what AMI told us."""
+        """Settle a call whose settle AGI has not arrived, from its AMI events."""
         self.tracked.pop(call.uniqueid, None)
         if call.cdr_disposition is not None:
             answered = call.cdr_disposition == "ANSWERED"
@@ -572,8 +572,8 @@ def _dialstatus(disposition: str) -> str:
 class NodeStatus:
     """Whether each node's AMI link is up, from the heartbeat rows.
 
-    authorize asks synchronously, under its row locks, so the answer comes
-    from a cache that `run` refreshes every second; a node never seen counts
+    authorize reads it synchronously, under its row locks, so the value comes
+    from a cache that `run` refreshes every second. A node never seen counts
     as down, which makes authorize reserve whole max durations (the safe side).
     """
 

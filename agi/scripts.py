@@ -1,7 +1,7 @@
 """The FastAGI scripts Asterisk runs: `authorize` before Dial, `settle` in `h`.
 
-authorize never leaves money behind: a reservation whose variables could not
-be set (caller hung up, socket closed, deadline) is released at once, and an
+authorize never leaves money behind. A reservation whose variables could not
+be set (caller hung up, socket closed, deadline) is released at once. An
 error or a missed deadline leaves CALLGATE_STATUS unset or ERROR, which the
 dialplan treats as a rejection.
 """
@@ -22,8 +22,8 @@ log = logging.getLogger("callgate.agi")
 T = TypeVar("T")
 
 
-# Asterisk's times and causes fit in 32 bits; a longer number is clamped,
-# so settle caps it at the max duration instead of failing on the column.
+# Asterisk's times and causes fit in 32 bits. A longer number is clamped, so
+# settle caps it at the max duration instead of failing on the column.
 MAX_INTEGER = 2**31 - 1
 
 

@@ -79,7 +79,7 @@ class ApiError(Exception):
 class Reply:
     """A handler's success result: the payload, an optional message and extras.
 
-    For a `data` envelope the payload goes under "data"; for `named` and
+    For a `data` envelope the payload goes under "data". For `named` and
     `flat` envelopes it must be a mapping whose keys go to the top level.
     `extra` keys always go to the top level (a warning, for example).
     """
@@ -643,7 +643,7 @@ async def middleware(
     request: web.Request,
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
-    """Time, log and count every request; answer unexpected errors with a 503."""
+    """Time, log and count every request, and turn unexpected errors into a 503."""
     info = RequestInfo(secrets.token_hex(8), time.perf_counter())
     request[INFO_KEY] = info
     status = 503

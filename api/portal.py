@@ -2,9 +2,9 @@
 
 They belong to the Reseller API and register on api.reseller.API. Portal
 responses (`portal-bootstrap`, `client-*`) show what a client may see: its
-own balance, calls at its retail cost and its retail rates; never the
-reseller's balance, its wholesale rates, its markup or a call failure that
-names the reseller's credit. Markup endpoints are for the reseller itself.
+own balance, calls at its retail cost and its retail rates. They never show
+the reseller's balance, its wholesale rates, its markup or a call failure
+that names the reseller's credit. Markup endpoints are for the reseller itself.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Envelope `{"ok": true, <named keys>}`; money is printed as JSON numbers, as
 the reference document's examples do. Only a reseller's API key is accepted.
 Every client is looked up by login among the reseller's own clients, so
-another tenant's or the operator's client answers the same 404 as a login
+another tenant's or the operator's client gets the same 404 as a login
 that does not exist. The portal, markup and Web Phone endpoints are in
 api.portal, registered on the same API.
 """
@@ -213,7 +213,7 @@ def page(context: Context, default: int = DEFAULT_PAGE) -> tuple[int, int]:
 
 
 def client_view(row: asyncpg.Record) -> dict[str, Any]:
-    """Return a client as the reseller sees it, without any secret."""
+    """Return the reseller's view of a client, without any secret."""
     return {
         "id": row["id"],
         "login": row["login"],

@@ -4,7 +4,7 @@ A client key sends for its own account and may not name a client_login. A
 reseller key (or the operator's) must name one of its own clients in
 client_login. The message is charged to that client at retail and to each
 reseller above at its own price. Another account's message, campaign or
-client answers the same 404 as one that does not exist.
+client gets the same 404 as one that does not exist.
 
 Delivery reports do not use an API key: the provider signs them (see
 `delivery_report`), so they are served on their own route, DLR_PATH.

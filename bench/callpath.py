@@ -31,6 +31,7 @@ import time
 import warnings
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -295,6 +296,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def start_database(prefix: str) -> tuple[Any, str, str]:
+    """Start a migrated embedded PostgreSQL in a new temporary directory.
+
+    Returns the server (call its cleanup() when done), its URL and the directory.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        data_dir = tempfile.mkdtemp(prefix=prefix)
+        server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    url: str = server.get_uri()
+    await db.migrate_url(url)
+    return server, url, data_dir
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
@@ -302,14 +319,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=500)
     args = parser.parse_args()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        data_dir = tempfile.mkdtemp(prefix="cgbench")
-        server = pgserver.get_server(data_dir, cleanup_mode="delete")
-    url = server.get_uri()
-    await db.migrate_url(url)
+    server, url, data_dir = await start_database("cgbench")
     print("seeding: world deck, 10 resellers, 1,000 clients ...", flush=True)
     clients = await seed(url)
 

@@ -19,16 +19,14 @@ import contextlib
 import random
 import resource
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agi.control import NodeController, NodeStatus  # noqa: E402
-from bench.callpath import NUMBERS, seed  # noqa: E402
+from bench.callpath import NUMBERS, seed, start_database  # noqa: E402
 from engine import db  # noqa: E402
 from engine.calls import AuthorizeRequest, CallService  # noqa: E402
 from engine.settings import load_settings  # noqa: E402
@@ -51,14 +49,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=90)
     args = parser.parse_args()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        data_dir = tempfile.mkdtemp(prefix="cgdebit")
-        server = pgserver.get_server(data_dir, cleanup_mode="delete")
-    url = server.get_uri()
-    await db.migrate_url(url)
+    server, url, _ = await start_database("cgdebit")
     clients = await seed(url)
 
     asterisk = FakeAsterisk()

@@ -39,7 +39,7 @@ class InvalidInput(CallgateError):
 
 
 class NotFound(CallgateError):
-    """The object does not exist or is not the caller's (the same answer for both)."""
+    """The object does not exist or is not the caller's (the same error for both)."""
 
 
 class Forbidden(CallgateError):

@@ -3,12 +3,13 @@
 Prices follow the chain like retail plans. The operator's price is the
 upstream price x (1 + CALLGATE_ESIM_MARKUP), and the top reseller pays it.
 Each account below pays the price of the account above x (1 + that
-reseller's markup), half-up to 6 decimals at each step. A purchase is
-reserved on every account that pays (a client and each reseller above, or a
-reseller alone when it buys for itself), placed upstream with an
-idempotency key, debited once when the upstream reports the eSIM ready and
-released when it fails. An order whose outcome is unknown stays PENDING with
-its reservation held until sync-order settles it.
+reseller's markup), half-up to 6 decimals at each step.
+
+A purchase is reserved on every account that pays: a client and each
+reseller above, or a reseller alone when it buys for itself. It is placed
+upstream with an idempotency key, debited once when the upstream reports the
+eSIM ready, and released when it fails. An order whose outcome is unknown
+stays PENDING with its reservation held until sync-order settles it.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ class EsimService:
         result = await asyncio.shield(self._place(order))
         if result["status"] == "FAILED":
             raise UpstreamFailed(
-                f"the eSIM upstream refused order {result['id']}: "
+                f"the eSIM upstream rejected order {result['id']}: "
                 f"{result['error'] or 'no reason given'}; nothing was charged",
                 result,
             )

@@ -80,7 +80,7 @@ RETURNING answered_at, channel, max_seconds, funded_seconds, node
 
 @dataclass(frozen=True)
 class Funding:
-    """What one funding step left a session with."""
+    """The outcome of one funding step for a session."""
 
     uniqueid: str
     channel: str

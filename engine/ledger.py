@@ -64,7 +64,7 @@ async def change_balance(
 ) -> LedgerEntry:
     """Add amount (negative to debit) to a balance and append its ledger entry.
 
-    The caller holds the transaction, so the balance and its entry commit
+    The caller owns the transaction, so the balance and its entry commit
     together or not at all.
     """
     if kind not in LEDGER_KINDS:

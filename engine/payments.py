@@ -218,8 +218,8 @@ async def apply_credit(connection: asyncpg.Connection, credit: Credit) -> Outcom
     """Record a transfer or payment notification once, in the caller's transaction.
 
     A new external_id is stored (and credited when paid). A known one with a
-    different amount, client or currency raises Conflict; otherwise its
-    status moves as next_status says, or the stored result is returned as a
+    different amount, client or currency raises Conflict. Otherwise its
+    status moves as next_status decides, or the stored result is returned as a
     replay with nothing changed.
     """
     key = (credit.reseller_id, credit.provider, credit.external_id)

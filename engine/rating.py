@@ -1,8 +1,8 @@
 """Rating: number normalization, billed seconds, call cost and affordable time.
 
 Money is Decimal end to end. A call's cost is computed exactly and rounded
-once, with the plan's decimals and rounding method; "affordable" uses the
-same rounding, so a reservation holds exactly what settle will charge.
+once, with the plan's decimals and rounding method. "Affordable" uses the
+same rounding, so a reservation is exactly what settle will charge.
 """
 
 from __future__ import annotations

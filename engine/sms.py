@@ -1068,8 +1068,8 @@ class SmsService:
         """Estimate how many one-segment messages the client's balance covers.
 
         Each reseller above the client pays its own price per message, so the
-        estimate is capped by what every reseller's funds cover as well; the
-        reseller's own figures are not returned.
+        estimate is also capped by what every reseller's funds cover. The
+        resellers' own figures are not returned.
         """
         provider = self.provider(provider_code)
         number = check_e164("phone", phone) if phone else None

@@ -1,8 +1,8 @@
 """Live call control over AMI: interval funding, cuts, outages and restarts.
 
 Asterisk's side is a scriptable AMI server on 127.0.0.1 written to the
-protocol facts (banner, Login, Ping, CoreShowChannels lists, Hangup), and a
-FastAGI peer; calls run on a clock ten times faster than real time.
+protocol facts (banner, Login, Ping, CoreShowChannels lists, Hangup), plus a
+FastAGI peer. Calls run on a clock ten times faster than real time.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def frame(**headers: str) -> bytes:
 
 @dataclass
 class FakeAsterisk:
-    """Asterisk's AMI side: answers actions, emits events, records hangups."""
+    """Asterisk's AMI side: replies to actions, emits events, records hangups."""
 
     channels: dict[str, str] = field(default_factory=dict)  # uniqueid -> channel
     hangups: list[tuple[str, float]] = field(default_factory=list)

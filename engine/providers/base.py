@@ -97,7 +97,7 @@ class EsimOrder:
     """An upstream's view of one order."""
 
     outcome: Outcome
-    # ready, processing or failed, when the upstream answered.
+    # ready, processing or failed, when the upstream replied.
     upstream_status: str | None = None
     upstream_order_id: str | None = None
     iccid: str | None = None
